@@ -1,0 +1,90 @@
+"""replidb: a replicated SQL database — SQLite on every node, replicating over the network.
+
+    import replidb
+    conn = replidb.connect("127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103")
+    cur = conn.cursor()
+    cur.execute("INSERT INTO t(v) VALUES (?)", ("x",))
+    conn.commit()          # the transaction's statements travel as one atomic request
+
+This module is a DB-API 2.0 driver; every failure is a ``replidb.Error`` (see errors.py).
+"""
+
+from replidb.client import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    Connection,
+    Cursor,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    apilevel,
+    connect,
+    paramstyle,
+    threadsafety,
+)
+from replidb.errors import (
+    BadRequest,
+    Conflict,
+    ConstraintError,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotLeader,
+    NotSupportedError,
+    OperationalError,
+    OutcomeUnknown,
+    ProgrammingError,
+    ProtocolError,
+    SQLError,
+    Unavailable,
+    Warning,
+)
+
+__all__ = [
+    "BINARY",
+    "DATETIME",
+    "NUMBER",
+    "ROWID",
+    "STRING",
+    "BadRequest",
+    "Binary",
+    "Conflict",
+    "Connection",
+    "ConstraintError",
+    "Cursor",
+    "DataError",
+    "DatabaseError",
+    "Date",
+    "DateFromTicks",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "NotLeader",
+    "NotSupportedError",
+    "OperationalError",
+    "OutcomeUnknown",
+    "ProgrammingError",
+    "ProtocolError",
+    "SQLError",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
+    "Unavailable",
+    "Warning",
+    "apilevel",
+    "connect",
+    "paramstyle",
+    "threadsafety",
+]

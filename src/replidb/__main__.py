@@ -1,0 +1,3 @@
+from replidb.cli.main import main
+
+main()

@@ -1,0 +1,3 @@
+"""The replidb command line (click)."""
+
+__all__: list[str] = []

@@ -1,0 +1,35 @@
+"""The ``replidb`` command. Each subcommand is a few lines around one library call."""
+
+from __future__ import annotations
+
+import click
+
+from replidb.cli.serve_cmd import cluster, serve
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="replidb")
+def cli() -> None:
+    """replidb: a replicated SQL database — SQLite on every node."""
+
+
+cli.add_command(serve)
+cli.add_command(cluster)
+
+
+def _add_optional_commands() -> None:
+    from replidb.cli.sim_cmd import sim
+    from replidb.cli.sql_cmd import sql
+    from replidb.cli.status_cmd import status
+
+    for command in (sql, status, sim):
+        cli.add_command(command)
+
+
+_add_optional_commands()
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,248 @@
+"""``replidb serve`` (one node) and ``replidb cluster up`` (N local nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from replidb.core import parse_policy
+from replidb.node import Node, NodeConfig
+from replidb.transport.peer import split_address
+
+__all__ = ["cluster", "parse_peers", "serve"]
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    """'n2=h:p,n3=h:p' -> {'n2': 'h:p', ...}; ValueError names the bad part."""
+    peers: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        node_id, sep, address = part.partition("=")
+        if not sep or not node_id:
+            raise ValueError(f"bad peer {part!r}: expected ID=HOST:PORT")
+        split_address(address)
+        if node_id in peers:
+            raise ValueError(f"peer {node_id!r} is listed twice")
+        peers[node_id] = address
+    return peers
+
+
+def cluster_options(func: Any) -> Any:
+    """Options every node of a cluster must agree on."""
+    options = [
+        click.option(
+            "--topology",
+            default="single-leader",
+            show_default=True,
+            type=click.Choice(["single-leader"]),
+            help="Who accepts writes (multi-leader and leaderless come later).",
+        ),
+        click.option(
+            "--stream",
+            default="logical",
+            show_default=True,
+            type=click.Choice(["logical"]),
+            help="Replication stream format (statement, wal, mixed come later).",
+        ),
+        click.option(
+            "--sync",
+            "sync_policy",
+            default="async",
+            show_default=True,
+            help="Commit policy: async, semi-sync:K, quorum or all.",
+        ),
+        click.option("--tick-ms", default=50, show_default=True, type=click.IntRange(1, 10_000)),
+        click.option(
+            "--heartbeat-ms", default=100, show_default=True, type=click.IntRange(1, 60_000)
+        ),
+        click.option(
+            "--election-timeout-ms",
+            default=1000,
+            show_default=True,
+            type=click.IntRange(10, 600_000),
+            help="Minimum; each node randomizes within [T, 2T).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _check_policy(value: str) -> None:
+    try:
+        parse_policy(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sync") from None
+
+
+@click.command()
+@click.option("--node-id", required=True, help="This node's id, unique in the cluster.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--listen", required=True, help="HOST:PORT for peers and clients.")
+@click.option("--peers", default="", help="The other nodes: ID=HOST:PORT,...")
+@click.option("--seed", type=int, default=None, help="Seed election timeouts (testing).")
+@cluster_options
+def serve(
+    node_id: str,
+    data_dir: Path,
+    listen: str,
+    peers: str,
+    seed: int | None,
+    topology: str,
+    stream: str,
+    sync_policy: str,
+    tick_ms: int,
+    heartbeat_ms: int,
+    election_timeout_ms: int,
+) -> None:
+    """Run one node in the foreground, logging one line per event to stderr.
+
+    Example:
+
+        replidb serve --node-id n1 --data ./n1 --listen 127.0.0.1:7101 \\
+            --peers n2=127.0.0.1:7102,n3=127.0.0.1:7103
+    """
+    del topology, stream  # one choice each today; validated by click
+    _check_policy(sync_policy)
+    try:
+        split_address(listen)
+        peer_map = parse_peers(peers)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if node_id in peer_map:
+        raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
+    config = NodeConfig(
+        node_id=node_id,
+        data_dir=data_dir,
+        listen=listen,
+        peers=peer_map,
+        tick_ms=tick_ms,
+        heartbeat_ms=heartbeat_ms,
+        election_timeout_ms=election_timeout_ms,
+        policy=parse_policy(sync_policy),
+        seed=seed,
+    )
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=f"%(asctime)s.%(msecs)03d {node_id} %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    sys.exit(_run(config))
+
+
+def _run(config: NodeConfig) -> int:
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return int(runner(_serve(config)))
+
+
+async def _serve(config: NodeConfig) -> int:
+    node = Node(config)
+    try:
+        await node.start()
+    except OSError as exc:
+        click.echo(f"error: cannot listen on {config.listen}: {exc.strerror or exc}", err=True)
+        node.store.close()
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.stopped.set)
+    await node.stopped.wait()
+    await node.stop()
+    return 1 if node.failed else 0
+
+
+@click.group()
+def cluster() -> None:
+    """Run a local cluster."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", default=7101, show_default=True, type=click.IntRange(1, 65000))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@cluster_options
+def up(nodes: int, base_dir: Path, port: int, host: str, **options: Any) -> None:
+    """Run N nodes on HOST, ports PORT.., data in DIR/nID, until Ctrl-C.
+
+    Example:
+
+        replidb cluster up --nodes 3 --dir ./cluster --port 7101
+    """
+    _check_policy(options["sync_policy"])
+    addresses = {f"n{i + 1}": f"{host}:{port + i}" for i in range(nodes)}
+    extra: list[str] = []
+    for name, value in options.items():
+        flag = "--sync" if name == "sync_policy" else "--" + name.replace("_", "-")
+        extra += [flag, str(value)]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stop = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for node_id, address in addresses.items():
+            peers = ",".join(f"{p}={a}" for p, a in addresses.items() if p != node_id)
+            data = base_dir / node_id
+            data.mkdir(parents=True, exist_ok=True)
+            command = [
+                sys.executable,
+                "-m",
+                "replidb",
+                "serve",
+                "--node-id",
+                node_id,
+                "--data",
+                str(data),
+                "--listen",
+                address,
+                "--peers",
+                peers,
+                *extra,
+            ]
+            children[node_id] = subprocess.Popen(command)
+            (data / "pid").write_text(f"{children[node_id].pid}\n")
+            click.echo(f"node {node_id} on {address} (data {data}, pid {children[node_id].pid})")
+        click.echo(f"cluster up: {','.join(addresses.values())} — Ctrl-C stops all nodes")
+        reported: set[str] = set()
+        while not stop:
+            for node_id, child in children.items():
+                if child.poll() is not None and node_id not in reported:
+                    click.echo(f"node {node_id} exited with code {child.returncode}", err=True)
+                    reported.add(node_id)
+            time.sleep(0.1)
+    finally:
+        _stop_children(children)
+    click.echo("cluster stopped")
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

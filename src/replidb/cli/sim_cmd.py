@@ -1,0 +1,31 @@
+"""``replidb sim``: run the deterministic simulator; one seed replays a run exactly."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+__all__ = ["sim"]
+
+
+@click.command()
+@click.option("--seed", type=int, default=None, help="Replay this seed (default: a random one).")
+@click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Run this many consecutive seeds starting at --seed.",
+)
+@click.option("--verbose", is_flag=True, help="Print the whole trace.")
+def sim(seed: int | None, seeds: int, verbose: bool) -> None:
+    """Run the real core against a simulated network, clock and disks.
+
+    Example:
+
+        replidb sim --seed 42 --verbose
+    """
+    from replidb.testing.sim import main_sim
+
+    sys.exit(main_sim(seed, seeds, verbose))

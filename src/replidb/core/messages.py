@@ -1,0 +1,98 @@
+"""Events into and out of the replica state machine, as frozen msgspec Structs.
+
+They are plain values: the core builds and consumes them, the transport encodes them
+as they are (msgpack, tagged by class), the simulator passes them around unchanged.
+Every peer message names its sender and carries the sender's term: a receiver
+fences on the term before it looks at anything else.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+__all__ = [
+    "Append",
+    "AppendReply",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "PeerMessage",
+    "Role",
+    "RoleChanged",
+    "VoteReply",
+    "VoteRequest",
+]
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class EntryKind(enum.IntEnum):
+    NOOP = 0  # appended by every new leader, so that it can commit earlier terms' entries
+    WRITE = 1  # one client transaction, encoded by stream/
+
+
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """One log position: ``(term, index)`` names it everywhere."""
+
+    term: int
+    index: int
+    kind: int = EntryKind.WRITE
+    data: bytes = b""
+
+
+class HardState(msgspec.Struct, frozen=True):
+    """What must be durable before any message that depends on it leaves the node."""
+
+    term: int = 0
+    vote: str | None = None
+
+
+class VoteRequest(msgspec.Struct, frozen=True, tag="vote"):
+    term: int
+    sender: str
+    last_index: int
+    last_term: int
+
+
+class VoteReply(msgspec.Struct, frozen=True, tag="vote_reply"):
+    term: int
+    sender: str
+    granted: bool
+
+
+class Append(msgspec.Struct, frozen=True, tag="append"):
+    """AppendEntries; with no entries it is a heartbeat that still carries ``commit``."""
+
+    term: int
+    sender: str
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+
+
+class AppendReply(msgspec.Struct, frozen=True, tag="append_reply"):
+    """``success``: ``index`` is the last index known to match the leader's log.
+    Refusal: ``index`` is a hint; the leader retries from ``index + 1``."""
+
+    term: int
+    sender: str
+    success: bool
+    index: int
+
+
+PeerMessage = VoteRequest | VoteReply | Append | AppendReply
+
+
+class RoleChanged(msgspec.Struct, frozen=True):
+    """Reported in a Ready whenever role, term or known leader changes."""
+
+    role: Role
+    term: int
+    leader: str | None

@@ -1,0 +1,434 @@
+"""The single-leader replica: a pure, deterministic state machine (Raft's rules).
+
+Inputs: ``step(message)``, ``tick()``, ``propose_applied(data)``. Output: one ``Ready``
+batch at a time, which the caller handles in this order and then ``advance``s:
+
+1. persist ``hard_state``, then ``truncate_from`` / ``entries`` (durably: fsync);
+2. send ``messages``;
+3. apply ``committed`` entries in order (recording the applied index atomically);
+4. answer client writes at or below ``acked_index``.
+
+Rules this module owns (and nothing else changes these fields):
+
+- Terms fence everything: a message with a higher term turns us into a follower of
+  that term first; a message with a lower term is refused (appends) or ignored.
+- Votes: one per term, durable before the reply leaves. A vote is granted only to a
+  candidate whose log is at least as up to date (last term, then last index).
+- A candidate needs a majority of voters (itself included). Election timeouts are
+  drawn uniformly from [election_ticks, 2 * election_ticks) with the injected Random.
+- Leader: appends a no-op in its term, replicates with the previous-entry consistency
+  check (one batch in flight per follower: a slow follower costs bounded memory),
+  advances ``commit`` to the highest index stored on a majority *whose term is the
+  current one*, and applies its whole log (it executes new writes on top of it).
+- Follower: truncates a conflicting suffix (never at or below ``commit``), appends,
+  applies up to ``commit``.
+- Applied-but-uncommitted entries exist only on leaders; if a deposed leader must
+  truncate them, ``applied_index`` drops and ``Ready.truncate_from`` tells the caller
+  to roll those transactions back.
+
+No I/O, no clock, no global randomness; peers are iterated in sorted order.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from replidb.core.log import LogReader, LogView
+from replidb.core.messages import (
+    Append,
+    AppendReply,
+    Entry,
+    EntryKind,
+    HardState,
+    PeerMessage,
+    Role,
+    RoleChanged,
+    VoteReply,
+    VoteRequest,
+)
+from replidb.core.policy import CommitPolicy
+
+__all__ = ["Config", "NotLeaderError", "Ready", "Replica"]
+
+
+class NotLeaderError(Exception):
+    """Raised by propose_applied when this replica cannot take a write right now."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+@dataclass(frozen=True)
+class Config:
+    node_id: str
+    peers: tuple[str, ...]  # the other voters
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_batch_entries: int = 256
+    max_batch_bytes: int = 1 << 20
+    max_apply_entries: int = 1024
+    policy: CommitPolicy = field(default_factory=lambda: CommitPolicy("async"))
+
+
+@dataclass(frozen=True)
+class Ready:
+    hard_state: HardState | None
+    truncate_from: int | None
+    entries: tuple[Entry, ...]
+    messages: tuple[tuple[str, PeerMessage], ...]
+    committed: tuple[Entry, ...]
+    acked_index: int
+    events: tuple[RoleChanged, ...]
+
+
+@dataclass
+class _Progress:
+    """The leader's view of one follower."""
+
+    match: int = 0
+    next: int = 1
+    inflight: bool = False
+    inflight_ticks: int = 0
+
+
+class Replica:
+    def __init__(
+        self,
+        config: Config,
+        log: LogReader,
+        hard_state: HardState,
+        applied_index: int,
+        rng: random.Random,
+    ) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.peers = tuple(sorted(p for p in config.peers if p != config.node_id))
+        self.log = LogView(log)
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self.applied_index = applied_index
+        # Not durable: a restarted ex-leader may have applied entries that never
+        # committed, so we relearn the commit index from the next leader.
+        self.commit_index = 0
+        self._rng = rng
+        self._elapsed = 0
+        self._timeout = self._random_timeout()
+        self._votes: set[str] = set()
+        self._progress: dict[str, _Progress] = {}
+        self._messages: list[tuple[str, PeerMessage]] = []
+        self._events: list[RoleChanged] = []
+        self._hard_dirty = False
+        # Annotated: mypy would infer ``leader: None`` from the line above and reject
+        # the later assignment of a real leader id (mypy --strict failed here).
+        self._reported: tuple[Role, int, str | None] = (self.role, self.term, self.leader)
+        self._acked = 0
+
+    # ---- inputs ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._elapsed += 1
+            for progress in self._progress.values():
+                if progress.inflight:
+                    progress.inflight_ticks += 1
+            if self._elapsed >= self.config.heartbeat_ticks:
+                self._elapsed = 0
+                self._broadcast(heartbeat=True)
+            return
+        self._elapsed += 1
+        if self._elapsed >= self._timeout:
+            self._campaign()
+
+    def step(self, msg: PeerMessage) -> None:
+        if msg.sender == self.id or (msg.sender not in self.peers):
+            return  # not a voter of this cluster: ignore rather than trust
+        if msg.term > self.term:
+            leader = msg.sender if isinstance(msg, Append) else None
+            self._become_follower(msg.term, leader)
+        if isinstance(msg, VoteRequest):
+            self._on_vote_request(msg)
+        elif isinstance(msg, VoteReply):
+            self._on_vote_reply(msg)
+        elif isinstance(msg, Append):
+            self._on_append(msg)
+        else:
+            self._on_append_reply(msg)
+
+    def propose_applied(self, data: bytes) -> Entry:
+        """Record a write the caller has already executed and persisted atomically with
+        its log row at ``next_index()``. Only a caught-up leader may do this."""
+        if not self.can_propose():
+            raise NotLeaderError(None if self.role is Role.LEADER else self.leader)
+        entry = Entry(self.term, self.log.last_index + 1, EntryKind.WRITE, data)
+        self.log.append_durable(entry)
+        self.applied_index = entry.index
+        self._maybe_commit()
+        for peer in self.peers:
+            if not self._progress[peer].inflight:
+                self._send_append(peer)
+        return entry
+
+    # ---- queries --------------------------------------------------------------
+
+    def can_propose(self) -> bool:
+        """A leader whose whole log is durable and applied (so new SQL runs on top of it)."""
+        return (
+            self.role is Role.LEADER
+            and not self.log.unstable
+            and self.log.truncate_from is None
+            and self.applied_index == self.log.last_index
+        )
+
+    def next_index(self) -> int:
+        return self.log.last_index + 1
+
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    def match_index(self, peer: str) -> int:
+        progress = self._progress.get(peer)
+        return progress.match if progress else 0
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._hard_dirty
+            or self.log.unstable
+            or self.log.truncate_from is not None
+            or self._messages
+            or self._events
+            or self._apply_bound() > self.applied_index
+            or self._compute_acked() != self._acked
+            or self._reported != (self.role, self.term, self.leader)
+        )
+
+    # ---- output ---------------------------------------------------------------
+
+    def ready(self) -> Ready:
+        now = (self.role, self.term, self.leader)
+        if now != self._reported:
+            self._events.append(RoleChanged(*now))
+            self._reported = now
+        bound = min(self._apply_bound(), self.applied_index + self.config.max_apply_entries)
+        committed = tuple(
+            self.log.slice(self.applied_index + 1, bound, 1 << 62)
+            if bound > self.applied_index
+            else ()
+        )
+        self._acked = self._compute_acked()
+        return Ready(
+            hard_state=HardState(self.term, self.vote) if self._hard_dirty else None,
+            truncate_from=self.log.truncate_from,
+            entries=tuple(self.log.unstable),
+            messages=tuple(self._messages),
+            committed=committed,
+            acked_index=self._acked,
+            events=tuple(self._events),
+        )
+
+    def advance(self, ready: Ready) -> None:
+        if ready.hard_state is not None:
+            self._hard_dirty = False
+        self.log.mark_stable(ready.entries, ready.truncate_from)
+        del self._messages[: len(ready.messages)]
+        del self._events[: len(ready.events)]
+        if ready.committed:
+            self.applied_index = max(self.applied_index, ready.committed[-1].index)
+        if self.role is Role.LEADER:
+            self._maybe_commit()  # our own durable index may have moved
+
+    # ---- roles ----------------------------------------------------------------
+
+    def _random_timeout(self) -> int:
+        base = self.config.election_ticks
+        return base + self._rng.randrange(base)
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+            self._hard_dirty = True
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._votes = set()
+        self._progress = {}
+        self._elapsed = 0
+        self._timeout = self._random_timeout()
+
+    def _campaign(self) -> None:
+        self.term += 1
+        self.vote = self.id
+        self._hard_dirty = True
+        self.role = Role.CANDIDATE
+        self.leader = None
+        self._votes = {self.id}
+        self._elapsed = 0
+        self._timeout = self._random_timeout()
+        if self._has_quorum(self._votes):
+            self._become_leader()
+            return
+        request = VoteRequest(self.term, self.id, self.log.last_index, self.log.last_term)
+        for peer in self.peers:
+            self._messages.append((peer, request))
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._elapsed = 0
+        last = self.log.last_index
+        self._progress = {peer: _Progress(match=0, next=last + 1) for peer in self.peers}
+        # Entries of earlier terms commit only once an entry of ours does (Raft §5.4.2).
+        self.log.append([Entry(self.term, last + 1, EntryKind.NOOP)])
+        self._broadcast(heartbeat=False)
+
+    def _has_quorum(self, voters: set[str]) -> bool:
+        return len(voters) * 2 > len(self.peers) + 1
+
+    # ---- votes ----------------------------------------------------------------
+
+    def _on_vote_request(self, msg: VoteRequest) -> None:
+        up_to_date = (msg.last_term, msg.last_index) >= (self.log.last_term, self.log.last_index)
+        granted = (
+            msg.term == self.term
+            and self.vote in (None, msg.sender)
+            and up_to_date
+            and self.role is not Role.LEADER
+        )
+        if granted:
+            if self.vote != msg.sender:
+                self.vote = msg.sender
+                self._hard_dirty = True
+            self._elapsed = 0  # we just helped start an election: give it time
+        self._messages.append((msg.sender, VoteReply(self.term, self.id, granted)))
+
+    def _on_vote_reply(self, msg: VoteReply) -> None:
+        if self.role is not Role.CANDIDATE or msg.term != self.term or not msg.granted:
+            return
+        self._votes.add(msg.sender)
+        if self._has_quorum(self._votes):
+            self._become_leader()
+
+    # ---- replication: follower side -------------------------------------------
+
+    def _on_append(self, msg: Append) -> None:
+        if msg.term < self.term:
+            self._messages.append((msg.sender, AppendReply(self.term, self.id, False, 0)))
+            return
+        if self.role is not Role.FOLLOWER or self.leader != msg.sender:
+            self._become_follower(msg.term, msg.sender)
+        self._elapsed = 0
+        if msg.prev_index > self.log.last_index:
+            self._reply_append(msg.sender, False, self.log.last_index)
+            return
+        if self.log.term(msg.prev_index) != msg.prev_term:
+            self._reply_append(msg.sender, False, self._conflict_hint(msg.prev_index))
+            return
+        new: list[Entry] = []
+        for position, entry in enumerate(msg.entries):
+            if entry.index > self.log.last_index or self.log.term(entry.index) != entry.term:
+                new = list(msg.entries[position:])
+                break
+        if new:
+            if new[0].index <= self.commit_index:
+                raise AssertionError(
+                    f"{self.id}: leader {msg.sender} would overwrite committed index "
+                    f"{new[0].index} (commit {self.commit_index})"
+                )
+            if new[0].index <= self.applied_index:
+                self.applied_index = new[0].index - 1  # caller rolls these back
+            self.log.append(new)
+        last_new = msg.prev_index + len(msg.entries)
+        if msg.commit > self.commit_index:
+            self.commit_index = max(self.commit_index, min(msg.commit, last_new))
+        self._reply_append(msg.sender, True, last_new)
+
+    def _conflict_hint(self, index: int) -> int:
+        """Skip back over the whole conflicting term in one round trip."""
+        conflict_term = self.log.term(index)
+        hint = min(index - 1, self.log.last_index)
+        while hint > self.commit_index and self.log.term(hint) == conflict_term:
+            hint -= 1
+        return hint
+
+    def _reply_append(self, to: str, success: bool, index: int) -> None:
+        self._messages.append((to, AppendReply(self.term, self.id, success, index)))
+
+    # ---- replication: leader side ---------------------------------------------
+
+    def _on_append_reply(self, msg: AppendReply) -> None:
+        if self.role is not Role.LEADER or msg.term != self.term:
+            return
+        progress = self._progress[msg.sender]
+        progress.inflight = False
+        progress.inflight_ticks = 0
+        if msg.success:
+            if msg.index > progress.match:
+                progress.match = msg.index
+                self._maybe_commit()
+            progress.next = max(progress.next, progress.match + 1)
+        else:
+            progress.next = max(progress.match + 1, min(progress.next - 1, msg.index + 1))
+        if progress.next <= self.log.last_index:
+            self._send_append(msg.sender)
+
+    def _broadcast(self, heartbeat: bool) -> None:
+        for peer in self.peers:
+            progress = self._progress[peer]
+            if progress.inflight and progress.inflight_ticks >= self.config.election_ticks // 2:
+                progress.inflight = False  # presumed lost: send again
+            if not progress.inflight and (progress.next <= self.log.last_index or not heartbeat):
+                self._send_append(peer)
+            elif heartbeat:
+                match = progress.match
+                self._messages.append(
+                    (
+                        peer,
+                        Append(
+                            self.term, self.id, match, self.log.term(match), (), self.commit_index
+                        ),
+                    )
+                )
+
+    def _send_append(self, peer: str) -> None:
+        progress = self._progress[peer]
+        prev = progress.next - 1
+        hi = prev + self.config.max_batch_entries
+        entries = tuple(self.log.slice(prev + 1, hi, self.config.max_batch_bytes))
+        self._messages.append(
+            (
+                peer,
+                Append(self.term, self.id, prev, self.log.term(prev), entries, self.commit_index),
+            )
+        )
+        progress.inflight = True
+        progress.inflight_ticks = 0
+        if entries:
+            progress.next = entries[-1].index + 1
+
+    def _maybe_commit(self) -> None:
+        matches = sorted([self.log.stable_last, *(p.match for p in self._progress.values())])
+        quorum = (len(self.peers) + 1) // 2 + 1
+        candidate = matches[len(matches) - quorum]
+        if candidate > self.commit_index and self.log.term(candidate) == self.term:
+            self.commit_index = candidate
+            # Tell followers now rather than at the next heartbeat, so reads there
+            # see the write within one round trip.
+            for peer in self.peers:
+                if not self._progress[peer].inflight:
+                    self._send_append(peer)
+
+    def _apply_bound(self) -> int:
+        if self.role is Role.LEADER:
+            return self.log.last_index
+        return self.commit_index
+
+    def _compute_acked(self) -> int:
+        if self.role is not Role.LEADER:
+            return 0
+        durable = min(self.log.stable_last, self.applied_index)
+        follower_match = [self._progress[p].match for p in self.peers]
+        return self.config.policy.acked_index(durable, self.commit_index, follower_match)

@@ -1,0 +1,408 @@
+"""The asyncio runtime of one node: it owns the clock (ticks), the sockets, and the
+database, and drives the pure replica with them.
+
+One TCP port serves peers and clients alike: a connection whose first frame is
+``Hello`` is a peer's outbound link (we receive on it; our replies go out on our own
+link to that peer); anything else is a client. Every input is followed by ``_drive``,
+which handles the replica's Ready batches in the order the core documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replidb.core import (
+    Append,
+    AppendReply,
+    CommitPolicy,
+    Config,
+    Replica,
+    Role,
+    RoleChanged,
+    VoteReply,
+    VoteRequest,
+)
+from replidb.errors import (
+    Error,
+    InternalError,
+    NotLeader,
+    OutcomeUnknown,
+    ProtocolError,
+    SQLError,
+    Unavailable,
+)
+from replidb.node.progress import CatchUpReporter
+from replidb.storage import NeedsWrite, SQLiteStore
+from replidb.transport import wire
+from replidb.transport.framing import DEFAULT_MAX_FRAME, frame, read_message
+from replidb.transport.peer import PeerLink, split_address
+
+__all__ = ["Node", "NodeConfig"]
+
+log = logging.getLogger("replidb.node")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    listen: str
+    peers: dict[str, str]  # id -> address of every other voter
+    tick_ms: int = 50
+    heartbeat_ms: int = 100
+    election_timeout_ms: int = 1000
+    policy: CommitPolicy = field(default_factory=lambda: CommitPolicy("async"))
+    max_frame: int = DEFAULT_MAX_FRAME
+    request_timeout_s: float = 5.0
+    seed: int | None = None
+
+    def core_config(self) -> Config:
+        return Config(
+            node_id=self.node_id,
+            peers=tuple(self.peers),
+            election_ticks=max(2, self.election_timeout_ms // self.tick_ms),
+            heartbeat_ticks=max(1, self.heartbeat_ms // self.tick_ms),
+            policy=self.policy,
+        )
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.id = config.node_id
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = SQLiteStore(config.data_dir / "replidb.db")
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(8), "big")
+        self.replica = Replica(
+            config.core_config(),
+            self.store,
+            self.store.hard_state(),
+            self.store.applied_index(),
+            random.Random(seed),
+        )
+        self.links = {
+            peer: PeerLink(self.id, peer, address, on_change=self._on_link_change)
+            for peer, address in sorted(config.peers.items())
+        }
+        self._pending: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        # forward id -> (the leader it went to, the reply to come)
+        self._forwards: dict[int, tuple[str, asyncio.Future[wire.ExecuteReply]]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._started = time.monotonic()
+        self._catch_up = CatchUpReporter(log)
+        self.failed: BaseException | None = None
+        self.stopped = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        host, port = split_address(self.config.listen)
+        self._server = await asyncio.start_server(self._on_connection, host, port)
+        for link in self.links.values():
+            link.start()
+        self._spawn(self._ticker())
+        hard = self.store.hard_state()
+        log.info(
+            "started: listening on %s, peers %s, log at index %d (term %d), applied %d, "
+            "commit policy %s",
+            self.config.listen,
+            ",".join(f"{p}={a}" for p, a in sorted(self.config.peers.items())) or "none",
+            self.store.last_index(),
+            hard.term,
+            self.store.applied_index(),
+            self.config.policy,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for link in self.links.values():
+            await link.stop()
+        self._fail_pending("the node is shutting down")
+        self.store.close()
+        log.info("stopped")
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.critical("stopping: %s", exc)
+        self.failed = exc
+        self.stopped.set()
+
+    # ---- the replica loop ------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_ms / 1000
+        next_tick = loop.time()
+        while True:
+            next_tick += interval
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            self.replica.tick()
+            self._drive()
+
+    def _drive(self) -> None:
+        """Handle Ready batches: persist, send, apply, acknowledge, then advance."""
+        replica = self.replica
+        try:
+            while replica.has_ready():
+                ready = replica.ready()
+                if ready.hard_state or ready.truncate_from is not None or ready.entries:
+                    if (
+                        ready.truncate_from is not None
+                        and ready.truncate_from <= self.store.applied_index()
+                    ):
+                        log.warning(
+                            "rolling back applied entries from index %d "
+                            "(kept in replidb_discarded)",
+                            ready.truncate_from,
+                        )
+                    self.store.persist(ready.hard_state, ready.truncate_from, ready.entries)
+                for to, message in ready.messages:
+                    self.links[to].send(message)
+                if ready.committed:
+                    self.store.apply(ready.committed)
+                    self._catch_up.applied(ready.committed[-1].index, replica.commit_index)
+                self._acknowledge(ready.acked_index)
+                for event in ready.events:
+                    self._on_role_changed(event)
+                replica.advance(ready)
+        except Error as exc:
+            self._fatal(exc)
+
+    def _acknowledge(self, acked: int) -> None:
+        for index in sorted(i for i in self._pending if i <= acked):
+            term, future = self._pending.pop(index)
+            if not future.done():
+                if term == self.replica.term:
+                    future.set_result(None)
+                else:
+                    future.set_exception(OutcomeUnknown("leadership changed during the write"))
+
+    def _on_role_changed(self, event: RoleChanged) -> None:
+        leader = event.leader or "unknown"
+        log.info("role %s, term %d, leader %s", event.role.value, event.term, leader)
+        if event.role is not Role.LEADER:
+            self._fail_pending(f"this node lost leadership (term {event.term})")
+        # Writes forwarded to a leader we no longer follow may or may not have landed;
+        # say so now (the client retries them exactly-once) instead of at the deadline.
+        for leader, future in self._forwards.values():
+            if leader != event.leader and not future.done():
+                future.set_exception(
+                    OutcomeUnknown(f"leader {leader} was replaced while it had the write")
+                )
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for _, future in pending.values():
+            if not future.done():
+                future.set_exception(OutcomeUnknown(f"write not acknowledged: {why}"))
+
+    def _on_link_change(self, peer: str, connected: bool) -> None:
+        log.info("peer %s %s", peer, "regained" if connected else "lost")
+
+    # ---- connections -----------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        origin = writer.get_extra_info("peername")
+        try:
+            first = await read_message(reader, self.config.max_frame)
+            if first is None:
+                return
+            if isinstance(first, wire.Hello):
+                await self._peer_loop(first.node_id, reader)
+            else:
+                await self._client_loop(first, reader, writer)
+        except ProtocolError as exc:
+            log.warning("rejected input from %s: %s", origin, exc)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _peer_loop(self, peer: str, reader: asyncio.StreamReader) -> None:
+        if peer not in self.links:
+            raise ProtocolError(f"hello from {peer!r}, which is not a member of this cluster")
+        while (message := await read_message(reader, self.config.max_frame)) is not None:
+            if isinstance(message, VoteRequest | VoteReply | Append | AppendReply):
+                if message.sender != peer:
+                    raise ProtocolError(f"{peer} sent a message signed {message.sender}")
+                self.replica.step(message)
+                self._drive()
+            elif isinstance(message, wire.Forward):
+                self._spawn(self._serve_forward(message))
+            elif isinstance(message, wire.ForwardReply):
+                _, future = self._forwards.get(message.id, (None, None))
+                if future is not None and not future.done():
+                    future.set_result(message.reply)
+            else:
+                raise ProtocolError(f"{peer} sent {type(message).__name__} on a peer link")
+
+    async def _client_loop(
+        self, first: wire.Message, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        message: wire.Message | None = first
+        while message is not None:
+            if isinstance(message, wire.Execute):
+                self._spawn(self._answer(message, writer))
+            elif isinstance(message, wire.StatusRequest):
+                writer.write(frame(wire.StatusReply(message.id, self.status())))
+            else:
+                raise ProtocolError(f"a client sent {type(message).__name__}")
+            message = await read_message(reader, self.config.max_frame)
+
+    async def _answer(self, request: wire.Execute, writer: asyncio.StreamWriter) -> None:
+        reply = await self.execute(request)
+        if not writer.is_closing():
+            writer.write(frame(reply))
+
+    async def _serve_forward(self, forward: wire.Forward) -> None:
+        reply = await self.execute(forward.request, allow_forward=False)
+        link = self.links.get(forward.origin)
+        if link is not None:
+            link.send(wire.ForwardReply(forward.id, reply))
+
+    # ---- requests --------------------------------------------------------------
+
+    async def execute(self, request: wire.Execute, allow_forward: bool = True) -> wire.ExecuteReply:
+        """Serve reads here; send writes to the leader (or run them, if we lead)."""
+        try:
+            if not request.dry_run:
+                try:
+                    results = self.store.execute_read(request.statements)
+                    return wire.ExecuteReply(request.id, results, node=self.id)
+                except NeedsWrite:
+                    pass
+                except SQLError:
+                    # A follower may not have applied the table yet; only the leader's
+                    # answer is authoritative, so ask it before calling the SQL wrong.
+                    if self.replica.role is Role.LEADER or not allow_forward:
+                        raise
+            return await self._write(request, allow_forward)
+        except Error as exc:
+            leader_address = exc.leader_address if isinstance(exc, NotLeader) else None
+            return wire.ExecuteReply(
+                request.id,
+                error_kind=exc.kind,
+                error=exc.message,
+                leader_address=leader_address,
+                node=self.id,
+            )
+        except Exception as exc:  # a bug: answer, log it, keep serving
+            log.exception("internal error serving a request")
+            return wire.ExecuteReply(
+                request.id,
+                error_kind=InternalError.kind,
+                error=f"internal error: {exc}",
+                node=self.id,
+            )
+
+    async def _write(self, request: wire.Execute, allow_forward: bool) -> wire.ExecuteReply:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        while not self.replica.can_propose():
+            leader = self.replica.leader
+            if leader is not None and leader != self.id:
+                if allow_forward:
+                    return await self._forward(request, leader, deadline)
+                raise NotLeader(f"{self.id} is not the leader", self.config.peers.get(leader))
+            if loop.time() >= deadline:
+                raise Unavailable("no leader elected yet; retry shortly")
+            await asyncio.sleep(self.config.tick_ms / 1000)
+        term, index = self.replica.term, self.replica.next_index()
+        outcome = self.store.execute_write(
+            request.statements, term, index, request.client_id, request.seq, request.dry_run
+        )
+        if outcome.data is None:
+            return wire.ExecuteReply(request.id, outcome.results, node=self.id)
+        entry = self.replica.propose_applied(outcome.data)
+        if entry.index != index:
+            raise InternalError(f"log position moved from {index} to {entry.index}")
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending[index] = (term, future)
+        self._drive()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            self._pending.pop(index, None)
+            raise OutcomeUnknown(
+                f"write at index {index} not acknowledged within {self.config.request_timeout_s}s"
+            ) from None
+        return wire.ExecuteReply(request.id, outcome.results, node=self.id, index=index, term=term)
+
+    async def _forward(
+        self, request: wire.Execute, leader: str, deadline: float
+    ) -> wire.ExecuteReply:
+        link = self.links[leader]
+        if not link.connected:
+            raise Unavailable(f"leader {leader} is unreachable from {self.id}")
+        forward_id = next(self._ids)
+        future: asyncio.Future[wire.ExecuteReply] = asyncio.get_running_loop().create_future()
+        self._forwards[forward_id] = (leader, future)
+        link.send(wire.Forward(forward_id, self.id, request))
+        try:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise OutcomeUnknown(f"leader {leader} did not answer the forwarded write") from None
+        finally:
+            self._forwards.pop(forward_id, None)
+        return wire.ExecuteReply(
+            request.id,
+            reply.results,
+            reply.error_kind,
+            reply.error,
+            reply.leader_address,
+            reply.node,
+            reply.index,
+            reply.term,
+        )
+
+    # ---- status ----------------------------------------------------------------
+
+    def status(self) -> wire.NodeStatus:
+        replica = self.replica
+        leader = replica.leader
+        leader_address = (
+            self.config.listen if leader == self.id else self.config.peers.get(leader or "")
+        )
+        return wire.NodeStatus(
+            id=self.id,
+            address=self.config.listen,
+            role=replica.role.value,
+            term=replica.term,
+            leader=leader,
+            leader_address=leader_address,
+            last_index=replica.last_index,
+            commit_index=replica.commit_index,
+            applied_index=replica.applied_index,
+            peers=dict(sorted(self.config.peers.items())),
+            policy=str(self.config.policy),
+            uptime_s=round(time.monotonic() - self._started, 3),
+            peers_connected=sorted(p for p, link in self.links.items() if link.connected),
+            match_index={p: replica.match_index(p) for p in sorted(self.links)}
+            if replica.role is Role.LEADER
+            else {},
+        )

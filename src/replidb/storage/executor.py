@@ -1,0 +1,244 @@
+"""Running a client's statements against SQLite, and turning what they changed into a
+logical record (DDL segments + session changesets).
+
+This is an adapter: apsw exceptions are translated here into replidb errors, with the
+statement's own one-line message (``no such table: x``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import apsw
+
+from replidb.errors import BadRequest, ConstraintError, Error, InternalError, SQLError
+from replidb.stream.logical import DDL, Changes, Segment
+from replidb.transport.wire import Statement, StatementResult
+
+__all__ = [
+    "INTERNAL_TABLES",
+    "REPLICATED_INTERNAL_TABLES",
+    "NeedsWrite",
+    "capture_changes",
+    "install_guard",
+    "run_statements",
+    "translate",
+]
+
+# Tables replidb keeps next to the user's data. Only client sessions replicate (so a
+# retried write is recognised on whichever node leads next); the rest are per node.
+INTERNAL_TABLES = frozenset({"replidb_meta", "replidb_log", "replidb_discarded"})
+REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions"})
+
+_DDL_RE = re.compile(
+    r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(CREATE|DROP|ALTER|REINDEX|ANALYZE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_TEMP_RE = re.compile(r"^\s*CREATE\s+(TEMP|TEMPORARY)\b", re.IGNORECASE)
+
+# Pragmas that only read: allowed with an argument (e.g. ``table_info(t)``).
+_READ_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "function_list",
+        "pragma_list",
+        "collation_list",
+        "database_list",
+        "compile_options",
+    }
+)
+
+
+class NeedsWrite(Exception):
+    """A statement tried to write on a read-only path: route the request to the leader."""
+
+
+class _Guard:
+    """An SQLite authorizer: refuses what would break replication, and remembers why."""
+
+    def __init__(self) -> None:
+        self.user = False  # only user statements are policed
+        self.reason: str | None = None
+
+    def __call__(self, op: int, a1: str | None, a2: str | None, db: str | None, _t: Any) -> int:
+        if not self.user:
+            return apsw.SQLITE_OK
+        reason = None
+        if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            reason = (
+                "transaction control (BEGIN/COMMIT/ROLLBACK/SAVEPOINT) is done by replidb: "
+                "send the statements as one request"
+            )
+        elif op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            reason = "ATTACH/DETACH is not replicated and is not allowed"
+        elif (
+            op == apsw.SQLITE_PRAGMA and a2 is not None and (a1 or "").lower() not in _READ_PRAGMAS
+        ):
+            reason = f"PRAGMA {a1} with a value changes node settings and is not allowed"
+        elif op in (
+            apsw.SQLITE_INSERT,
+            apsw.SQLITE_UPDATE,
+            apsw.SQLITE_DELETE,
+            apsw.SQLITE_DROP_TABLE,
+            apsw.SQLITE_ALTER_TABLE,
+            apsw.SQLITE_CREATE_INDEX,
+            apsw.SQLITE_CREATE_TRIGGER,
+        ):
+            # The table is the first argument, except for these three (SQLite's docs).
+            names_table_second = (
+                apsw.SQLITE_CREATE_INDEX,
+                apsw.SQLITE_CREATE_TRIGGER,
+                apsw.SQLITE_ALTER_TABLE,
+            )
+            table = (a2 if op in names_table_second else a1) or ""
+            if table.lower() in INTERNAL_TABLES | REPLICATED_INTERNAL_TABLES:
+                reason = f"table {table} belongs to replidb and cannot be changed"
+        if reason is not None:
+            self.reason = reason
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+
+def install_guard(conn: apsw.Connection) -> _Guard:
+    guard = _Guard()
+    conn.authorizer = guard
+    return guard
+
+
+def translate(exc: BaseException, guard: _Guard | None = None) -> Error:
+    """apsw's exception -> a replidb error with SQLite's one-line message."""
+    if isinstance(exc, Error):
+        return exc
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, apsw.AuthError) and guard is not None and guard.reason:
+        return SQLError(guard.reason)
+    if isinstance(exc, apsw.ConstraintError):
+        return ConstraintError(message)
+    if isinstance(
+        exc,
+        apsw.SQLError
+        | apsw.BindingsError
+        | apsw.MismatchError
+        | apsw.RangeError
+        | apsw.TooBigError
+        | apsw.AuthError
+        | TypeError
+        | ValueError
+        | OverflowError,
+    ):
+        return SQLError(message)
+    if isinstance(exc, apsw.ExecutionCompleteError | apsw.IncompleteExecutionError):
+        return BadRequest(message)
+    return InternalError(f"{type(exc).__name__}: {message}")
+
+
+def _params(statement: Statement) -> Sequence[Any] | dict[str, Any]:
+    if statement.params is None:
+        return ()
+    return statement.params
+
+
+def run_statements(
+    conn: apsw.Connection,
+    statements: Sequence[Statement],
+    on_statement: Callable[[str, Any], None] | None = None,
+) -> list[StatementResult]:
+    """Execute each Statement (its text may hold several SQL statements); collect rows.
+
+    ``on_statement(sql, bindings)`` is called before each individual SQL statement runs.
+    """
+    results: list[StatementResult] = []
+    for statement in statements:
+        cursor = conn.cursor()
+        if on_statement is not None:
+
+            def trace(_cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+                on_statement(sql, bindings)
+                return True
+
+            cursor.exec_trace = trace
+        before = conn.total_changes()
+        cursor.execute(statement.sql, _params(statement))
+        columns: list[str] = []
+        rows: list[list[Any]] = []
+        try:
+            columns = [d[0] for d in cursor.get_description()]
+        except apsw.ExecutionCompleteError:
+            pass
+        for row in cursor:
+            rows.append(list(row))
+        changed = conn.total_changes() - before
+        results.append(
+            StatementResult(
+                columns=columns,
+                rows=rows,
+                rowcount=conn.changes() if changed else (len(rows) if columns else -1),
+                lastrowid=conn.last_insert_rowid() if changed else None,
+            )
+        )
+    return results
+
+
+def capture_changes(
+    conn: apsw.Connection,
+    statements: Sequence[Statement],
+    guard: _Guard,
+    epilogue: Callable[[list[StatementResult]], None] | None = None,
+) -> tuple[list[StatementResult], list[Segment]]:
+    """Run statements inside the caller's open transaction and return their results and
+    the logical segments (DDL text and row changesets, in execution order).
+    ``epilogue(results)`` runs last, with its own writes still captured. User statements
+    run under ``guard``; the session's own savepoints and the epilogue do not."""
+    segments: list[Segment] = []
+    session = _new_session(conn)
+
+    def cut(sql: str, bindings: Any) -> None:
+        nonlocal session
+        if not _DDL_RE.match(sql):
+            return
+        if bindings:
+            raise SQLError("DDL with parameters cannot be replicated: inline the values")
+        guard.user = False
+        _flush(session, segments)
+        session = _new_session(conn)
+        guard.user = True
+        if not _TEMP_RE.match(sql):  # temp objects live and die on this connection only
+            segments.append(DDL(sql.strip().rstrip(";").strip()))
+
+    guard.user = True
+    try:
+        results = run_statements(conn, statements, cut)
+        guard.user = False
+        if epilogue is not None:
+            epilogue(results)
+        _flush(session, segments)
+    finally:
+        guard.user = False
+        session.close()
+    return results, segments
+
+
+def _new_session(conn: apsw.Connection) -> apsw.Session:
+    session = apsw.Session(conn, "main")
+    # Tables without a declared primary key are keyed by rowid (SQLite >= 3.42).
+    session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
+    session.table_filter(lambda name: name not in INTERNAL_TABLES)
+    session.attach()
+    return session
+
+
+def _flush(session: apsw.Session, segments: list[Segment]) -> None:
+    changeset = session.changeset()
+    if changeset:
+        segments.append(Changes(changeset))

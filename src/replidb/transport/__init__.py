@@ -1,0 +1,3 @@
+"""Adapters to the network: length-prefixed msgpack frames over asyncio TCP."""
+
+__all__: list[str] = []

@@ -1,0 +1,145 @@
+"""Everything that crosses a socket: peer (core) messages plus client and status
+requests, as msgspec Structs encoded with msgpack, one per length-prefixed frame.
+
+Evolution rule: new fields get defaults, so an older reader ignores them and a newer
+reader fills them in. Tags never change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from replidb.core.messages import Append, AppendReply, VoteReply, VoteRequest
+
+__all__ = [
+    "Execute",
+    "ExecuteReply",
+    "Forward",
+    "ForwardReply",
+    "Hello",
+    "Message",
+    "NodeStatus",
+    "Statement",
+    "StatementResult",
+    "StatusReply",
+    "StatusRequest",
+    "decode",
+    "encode",
+]
+
+Value = None | int | float | str | bytes
+
+
+class Hello(msgspec.Struct, frozen=True, tag="hello"):
+    """First frame a node sends on a connection it opened to a peer."""
+
+    node_id: str
+
+
+class Statement(msgspec.Struct, frozen=True, array_like=True):
+    sql: str
+    params: list[Any] | dict[str, Any] | None = None
+
+
+class Execute(msgspec.Struct, frozen=True, tag="execute"):
+    """Run ``statements`` as one atomic transaction.
+
+    ``client_id``/``seq`` make a retried write exactly-once: the leader remembers the
+    last sequence number each client wrote. ``dry_run`` executes and rolls back
+    (a read that must see the caller's own not-yet-committed writes)."""
+
+    id: int
+    statements: list[Statement]
+    client_id: str = ""
+    seq: int = 0
+    dry_run: bool = False
+    consistency: str = "any"
+
+
+class StatementResult(msgspec.Struct, frozen=True, array_like=True):
+    columns: list[str]
+    rows: list[list[Any]]
+    rowcount: int = -1
+    lastrowid: int | None = None
+
+
+class ExecuteReply(msgspec.Struct, frozen=True, tag="execute_reply"):
+    id: int
+    results: list[StatementResult] = []
+    error_kind: str | None = None
+    error: str | None = None
+    leader_address: str | None = None
+    node: str = ""
+    index: int = 0  # log index of the write, 0 for a read
+    term: int = 0
+
+
+class Forward(msgspec.Struct, frozen=True, tag="forward"):
+    """A follower passes a client's write to the leader over the peer link."""
+
+    id: int
+    origin: str
+    request: Execute
+
+
+class ForwardReply(msgspec.Struct, frozen=True, tag="forward_reply"):
+    id: int
+    reply: ExecuteReply
+
+
+class StatusRequest(msgspec.Struct, frozen=True, tag="status"):
+    id: int
+
+
+class NodeStatus(msgspec.Struct, frozen=True):
+    id: str
+    address: str
+    role: str
+    term: int
+    leader: str | None
+    leader_address: str | None
+    last_index: int
+    commit_index: int
+    applied_index: int
+    peers: dict[str, str]  # id -> address, every other voter
+    policy: str = "async"
+    topology: str = "single-leader"
+    stream: str = "logical"
+    uptime_s: float = 0.0
+    peers_connected: list[str] = []
+    match_index: dict[str, int] = {}  # leader only: what each follower holds
+
+
+class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):
+    id: int
+    status: NodeStatus
+
+
+Message = (
+    Hello
+    | Execute
+    | ExecuteReply
+    | Forward
+    | ForwardReply
+    | StatusRequest
+    | StatusReply
+    | VoteRequest
+    | VoteReply
+    | Append
+    | AppendReply
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(payload: bytes) -> Message:
+    """Decode one frame's payload; raises msgspec.DecodeError/ValidationError on garbage
+    (the caller, an adapter, translates that into ProtocolError)."""
+    return _decoder.decode(payload)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from procs import LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three real nodes on loopback, stopped (every PID we started) even on failure."""
+    local = LocalCluster(tmp_path)
+    local.start_all()
+    try:
+        yield local
+    finally:
+        local.stop_all()

@@ -1,0 +1,166 @@
+"""Real `replidb serve` processes on loopback, for tests that kill and restart nodes.
+
+Every process started here is ended in ``stop_all`` (the fixture calls it even when
+the test fails), and only by the PID we got when we started it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replidb.client.transport import Client, probe_status
+from replidb.errors import Error
+from replidb.transport import wire
+
+__all__ = ["LocalCluster", "free_ports"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class LocalCluster:
+    def __init__(self, base: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> None:
+        self.base = base
+        self.ids = [f"n{i + 1}" for i in range(nodes)]
+        ports = free_ports(nodes)
+        self.addresses = {
+            node: f"127.0.0.1:{port}" for node, port in zip(self.ids, ports, strict=True)
+        }
+        self.extra = extra
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def connect(self) -> str:
+        return ",".join(self.addresses.values())
+
+    def log(self, node: str) -> str:
+        path = self.base / f"{node}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, node: str) -> None:
+        peers = ",".join(f"{p}={a}" for p, a in self.addresses.items() if p != node)
+        command = [
+            sys.executable,
+            "-m",
+            "replidb",
+            "serve",
+            "--node-id",
+            node,
+            "--data",
+            str(self.base / node),
+            "--listen",
+            self.addresses[node],
+            "--peers",
+            peers,
+            *self.extra,
+        ]
+        with (self.base / f"{node}.log").open("ab") as log_file:
+            self.procs[node] = subprocess.Popen(command, stdout=log_file, stderr=log_file)
+
+    def start_all(self) -> None:
+        for node in self.ids:
+            self.start(node)
+
+    def kill(self, node: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(node)
+        proc.send_signal(sig)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def alive(self, node: str) -> bool:
+        proc = self.procs.get(node)
+        return proc is not None and proc.poll() is None
+
+    def status(self, node: str) -> wire.NodeStatus | None:
+        try:
+            return probe_status(self.addresses[node], 1.0)
+        except Error:
+            return None
+
+    def wait_for_leader(self, timeout: float = 10.0, exclude: str | None = None) -> str:
+        """The id of a leader that every live node agrees on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            statuses = [self.status(n) for n in self.ids if self.alive(n)]
+            leaders = {s.leader for s in statuses if s is not None}
+            if len(leaders) == 1 and None not in leaders and all(statuses):
+                leader = leaders.pop()
+                assert leader is not None
+                if leader != exclude and any(s and s.role == "leader" for s in statuses):
+                    return leader
+            time.sleep(0.05)
+        raise AssertionError(f"no agreed leader within {timeout}s: {self._describe()}")
+
+    def query(self, node: str, sql: str, timeout: float = 5.0) -> list[list[Any]]:
+        """A read served by exactly this node (no failover to others)."""
+        client = Client(self.addresses[node], timeout=timeout)
+        try:
+            return client.execute([wire.Statement(sql)], write=False)[0].rows
+        finally:
+            client.close()
+
+    def checksum(self, node: str, table: str, key: str = "id") -> str:
+        rows = self.query(node, f"SELECT * FROM {table} ORDER BY {key}")
+        return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+    def wait_converged(
+        self, table: str, nodes: list[str] | None = None, timeout: float = 20.0
+    ) -> str:
+        """Wait until every node's table checksum is the same; return it."""
+        deadline = time.monotonic() + timeout
+        nodes = nodes or [n for n in self.ids if self.alive(n)]
+        sums: dict[str, str | None] = {}
+        while time.monotonic() < deadline:
+            for node in nodes:
+                try:
+                    sums[node] = self.checksum(node, table)
+                except Error:
+                    sums[node] = None
+            if len(set(sums.values())) == 1 and None not in sums.values():
+                return next(iter(sums.values()))  # type: ignore[return-value]
+            time.sleep(0.1)
+        raise AssertionError(f"{table} did not converge: {sums}; {self._describe()}")
+
+    def _describe(self) -> str:
+        parts = []
+        for node in self.ids:
+            status = self.status(node) if self.alive(node) else None
+            parts.append(f"{node}: {status!r}" if status else f"{node}: down")
+        return "; ".join(parts)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -36,7 +37,7 @@ def free_base_port(start: int = 7101, count: int = 3) -> int:
 
 def run(*args: str, show: bool = True) -> str:
     if show:
-        print(f"\n$ replidb {' '.join(args)}", flush=True)
+        print(f"\n$ replidb {shlex.join(args)}", flush=True)
     done = subprocess.run([REPLIDB, *args], capture_output=True, text=True, timeout=60)
     if show:
         print(done.stdout, end="", flush=True)

@@ -114,6 +114,8 @@ class Replica:
         # Not durable: a restarted ex-leader may have applied entries that never
         # committed, so we relearn the commit index from the next leader.
         self.commit_index = 0
+        # The highest commit index a leader has announced: how far behind we are.
+        self.leader_commit = 0
         self._rng = rng
         self._elapsed = 0
         self._timeout = self._random_timeout()
@@ -342,6 +344,7 @@ class Replica:
                 self.applied_index = new[0].index - 1  # caller rolls these back
             self.log.append(new)
         last_new = msg.prev_index + len(msg.entries)
+        self.leader_commit = max(self.leader_commit, msg.commit)
         if msg.commit > self.commit_index:
             self.commit_index = max(self.commit_index, min(msg.commit, last_new))
         self._reply_append(msg.sender, True, last_new)
@@ -363,17 +366,23 @@ class Replica:
         if self.role is not Role.LEADER or msg.term != self.term:
             return
         progress = self._progress[msg.sender]
-        progress.inflight = False
-        progress.inflight_ticks = 0
         if msg.success:
             if msg.index > progress.match:
                 progress.match = msg.index
                 self._maybe_commit()
             progress.next = max(progress.next, progress.match + 1)
+            # Only a reply covering everything sent ends the batch in flight. A reply to a
+            # heartbeat (or a duplicate) must not: each one used to start one more
+            # pipeline of batches to a lagging follower (found by sim seed 155).
+            if msg.index >= progress.next - 1:
+                progress.inflight = False
         else:
+            progress.inflight = False
             progress.next = max(progress.match + 1, min(progress.next - 1, msg.index + 1))
-        if progress.next <= self.log.last_index:
-            self._send_append(msg.sender)
+        if not progress.inflight:
+            progress.inflight_ticks = 0
+            if progress.next <= self.log.last_index:
+                self._send_append(msg.sender)
 
     def _broadcast(self, heartbeat: bool) -> None:
         for peer in self.peers:

@@ -25,6 +25,6 @@ class CatchUpReporter:
                 self._log.info("catching up: applied %d of %d (%d behind)", applied, commit, lag)
                 self._last_report = now
             self._catching_up = True
-        elif self._catching_up and lag == 0:
+        elif self._catching_up and lag < self._behind:
             self._log.info("caught up at index %d", applied)
             self._catching_up = False

@@ -180,12 +180,12 @@ class Node:
                     self.links[to].send(message)
                 if ready.committed:
                     self.store.apply(ready.committed)
-                    self._catch_up.applied(ready.committed[-1].index, replica.commit_index)
+                    self._catch_up.applied(ready.committed[-1].index, replica.leader_commit)
                 self._acknowledge(ready.acked_index)
                 for event in ready.events:
                     self._on_role_changed(event)
                 replica.advance(ready)
-        except Error as exc:
+        except Exception as exc:  # storage failed or diverged: stop rather than serve wrong data
             self._fatal(exc)
 
     def _acknowledge(self, acked: int) -> None:

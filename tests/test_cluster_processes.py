@@ -220,3 +220,30 @@ def test_status_json_reports_every_node(cluster: LocalCluster) -> None:
             "healthy",
         } <= set(node)
         assert node["healthy"] is True
+
+
+def test_shell_on_a_follower_writes_through_the_leader(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    follower = next(n for n in cluster.ids if n != leader)
+    script = (
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY,\n"
+        "                   body TEXT);\n"
+        "INSERT INTO notes(body) VALUES ('typed at a follower');\n"
+        "SELEC oops;\n"
+        "SELECT upper('still serving');\n"
+        ".quit\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "replidb", "sql", "--connect", cluster.addresses[follower]],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'near "SELEC": syntax error' in done.stderr  # the shell reports and carries on
+    assert "STILL SERVING" in done.stdout
+    # (Reading the row back on the follower here could race asynchronous replication.)
+    # The write went through the leader and reached every node.
+    assert cluster.query(leader, "SELECT body FROM notes") == [["typed at a follower"]]
+    cluster.wait_converged("notes")

@@ -81,6 +81,7 @@ def test_readme_shows_the_two_commands_first() -> None:
         (["--listen", "nowhere"], "bad address 'nowhere'"),
         (["--sync", "sometimes"], "unknown commit policy 'sometimes'"),
         (["--sync", "semi-sync:x"], "semi-sync needs a follower count"),
+        (["--sync", "semi-sync:1"], "semi-sync:1 waits for 1 followers but a 1-node cluster"),
         (["--stream", "wal"], "stream 'wal' is not available yet"),
         (["--stream", "rows"], "unknown stream 'rows': choose statement, wal, logical, mixed"),
         (["--topology", "leaderless"], "topology 'leaderless' is not available yet"),

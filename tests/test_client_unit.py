@@ -516,6 +516,8 @@ def test_status_json_with_one_unreachable_node(fake: Callable[..., FakeNode]) ->
         commit_index=10,
         applied_index=10,
         peers={"n2": follower.address, "n3": gone},
+        durability="durable enough",
+        discarded=2,
     )
     follower.status = msgspec.structs.replace(
         follower.status,
@@ -545,6 +547,7 @@ def test_status_json_with_one_unreachable_node(fake: Callable[..., FakeNode]) ->
         "lag": 0,
         "healthy": True,
         "leader": "n1",
+        "discarded": 2,
     }
     assert (n2["role"], n2["lag"], n2["healthy"], n2["address"]) == (
         "follower",
@@ -563,9 +566,12 @@ def test_status_json_with_one_unreachable_node(fake: Callable[..., FakeNode]) ->
         "lag": None,
         "healthy": False,
         "leader": None,
+        "discarded": None,
     }
+    assert (report["policy"], report["durability"]) == ("async", "durable enough")
     text = CliRunner().invoke(status_command, ["--connect", leader.address])
     assert text.exit_code == 0 and "leader: n1" in text.stdout and "unreachable" in text.stdout
+    assert "commit policy: async — durable enough" in text.stdout
 
 
 def test_status_with_nothing_reachable_fails_in_one_line() -> None:

@@ -96,11 +96,17 @@ def cluster_options(func: Any) -> Any:
     return func
 
 
-def _check_policy(value: str) -> None:
+def _check_policy(value: str, voters: int) -> None:
     try:
-        parse_policy(value)
+        policy = parse_policy(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sync") from None
+    if policy.name == "semi-sync" and policy.k > voters - 1:
+        raise click.BadParameter(
+            f"{policy} waits for {policy.k} followers but a {voters}-node cluster has "
+            f"{voters - 1}: no write could ever be acknowledged",
+            param_hint="--sync",
+        )
 
 
 @click.command()
@@ -131,7 +137,6 @@ def serve(
             --peers n2=127.0.0.1:7102,n3=127.0.0.1:7103
     """
     del topology, stream  # one choice each today; validated by click
-    _check_policy(sync_policy)
     try:
         split_address(listen)
         peer_map = parse_peers(peers)
@@ -139,6 +144,7 @@ def serve(
         raise click.BadParameter(str(exc)) from None
     if node_id in peer_map:
         raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
+    _check_policy(sync_policy, len(peer_map) + 1)
     config = NodeConfig(
         node_id=node_id,
         data_dir=data_dir,
@@ -203,7 +209,7 @@ def up(nodes: int, base_dir: Path, port: int, host: str, **options: Any) -> None
 
         replidb cluster up --nodes 3 --dir ./cluster --port 7101
     """
-    _check_policy(options["sync_policy"])
+    _check_policy(options["sync_policy"], nodes)
     addresses = {f"n{i + 1}": f"{host}:{port + i}" for i in range(nodes)}
     extra: list[str] = []
     for name, value in options.items():

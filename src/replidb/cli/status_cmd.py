@@ -80,6 +80,7 @@ def cluster_status(
                 lag=None,
                 healthy=False,
                 leader=None,
+                discarded=None,
             )
         else:
             lag = max(reference - st.applied_index, 0)
@@ -93,9 +94,16 @@ def cluster_status(
                 lag=lag,
                 healthy=is_leader or (st.leader is not None and lag <= MAX_HEALTHY_LAG),
                 leader=st.leader,  # whom this node believes leads
+                discarded=st.discarded,
             )
         nodes.append(row)
-    return {"nodes": nodes, "leader": leader}
+    about = leader_status or reachable[0]
+    return {
+        "nodes": nodes,
+        "leader": leader,
+        "policy": about.policy,
+        "durability": about.durability,
+    }
 
 
 def _text(value: Any) -> str:
@@ -105,7 +113,7 @@ def _text(value: Any) -> str:
 def _render(report: dict[str, Any]) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     numeric = ("term", "last", "commit", "applied", "lag")
-    for name in ("id", "address", "role", *numeric, "healthy"):
+    for name in ("id", "address", "role", *numeric, "healthy", "discarded"):
         table.add_column(name, justify="right" if name in numeric else "left", no_wrap=True)
     for n in report["nodes"]:
         table.add_row(
@@ -118,6 +126,7 @@ def _render(report: dict[str, Any]) -> None:
             _text(n["applied_index"]),
             _text(n["lag"]),
             "[green]yes[/green]" if n["healthy"] else "[red]no[/red]",
+            _text(n["discarded"]),
         )
     console = Console()
     if not console.is_terminal:  # piped: no terminal width to respect, never truncate
@@ -129,6 +138,7 @@ def _render(report: dict[str, Any]) -> None:
     else:
         address = next((n["address"] for n in report["nodes"] if n["id"] == leader), "?")
         console.print(f"leader: {leader} ({address})")
+    console.print(f"commit policy: {report['policy']} — {report['durability']}")
 
 
 @click.command("status")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CommitPolicy", "parse_policy"]
+__all__ = ["CommitPolicy", "Guarantee", "guarantee", "parse_policy"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,58 @@ class CommitPolicy:
         if self.k > len(ranked):
             return 0  # not enough followers exist: nothing can be acknowledged
         return min(leader_durable, ranked[self.k - 1]) if self.k > 0 else leader_durable
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """Whether an acknowledged write survives any failover, for one cluster size."""
+
+    safe: bool
+    reason: str
+
+    def __str__(self) -> str:
+        verdict = (
+            "no acknowledged write is lost on failover"
+            if self.safe
+            else ("an acknowledged write CAN be lost on failover")
+        )
+        return f"{verdict}: {self.reason}"
+
+
+def guarantee(policy: CommitPolicy, voters: int) -> Guarantee:
+    """A new leader needs votes from a majority, and voters refuse a candidate whose log
+    is behind theirs; so a write held by a majority is in every future leader's log,
+    and a write held by fewer may not be."""
+    majority = voters // 2 + 1
+    if voters == 1 and policy.name != "semi-sync":
+        return Guarantee(True, "a single node: there is no other node to fail over to")
+    if policy.name == "async":
+        return Guarantee(False, "async acknowledges after the leader alone has the write")
+    if policy.name in ("quorum", "all"):
+        held = majority if policy.name == "quorum" else voters
+        return Guarantee(
+            True,
+            f"{policy} waits for {held} of {voters} nodes; a new leader "
+            f"needs {majority} votes, so it always has the write",
+        )
+    held = policy.k + 1
+    if policy.k > voters - 1:
+        return Guarantee(
+            False,
+            f"{policy} waits for {policy.k} followers but only "
+            f"{voters - 1} exist: no write can be acknowledged",
+        )
+    if held >= majority:
+        return Guarantee(
+            True,
+            f"{policy} puts each write on {held} of {voters} nodes, a "
+            f"majority; every possible new leader has it",
+        )
+    return Guarantee(
+        False,
+        f"{policy} puts each write on {held} of {voters} nodes, fewer "
+        f"than the majority of {majority} that elects a leader",
+    )
 
 
 def parse_policy(text: str) -> CommitPolicy:

@@ -30,6 +30,7 @@ from replidb.core import (
     VoteReply,
     VoteRequest,
 )
+from replidb.core.policy import guarantee
 from replidb.errors import (
     Error,
     InternalError,
@@ -103,6 +104,10 @@ class Node:
         self.failed: BaseException | None = None
         self.stopped = asyncio.Event()
 
+    @property
+    def durability(self) -> str:
+        return str(guarantee(self.config.policy, len(self.config.peers) + 1))
+
     # ---- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
@@ -114,13 +119,14 @@ class Node:
         hard = self.store.hard_state()
         log.info(
             "started: listening on %s, peers %s, log at index %d (term %d), applied %d, "
-            "commit policy %s",
+            "commit policy %s (%s)",
             self.config.listen,
             ",".join(f"{p}={a}" for p, a in sorted(self.config.peers.items())) or "none",
             self.store.last_index(),
             hard.term,
             self.store.applied_index(),
             self.config.policy,
+            self.durability,
         )
 
     async def stop(self) -> None:
@@ -400,6 +406,8 @@ class Node:
             applied_index=replica.applied_index,
             peers=dict(sorted(self.config.peers.items())),
             policy=str(self.config.policy),
+            durability=self.durability,
+            discarded=self.store.discarded_count(),
             uptime_s=round(time.monotonic() - self._started, 3),
             peers_connected=sorted(p for p, link in self.links.items() if link.connected),
             match_index={p: replica.match_index(p) for p in sorted(self.links)}

@@ -110,6 +110,8 @@ class NodeStatus(msgspec.Struct, frozen=True):
     uptime_s: float = 0.0
     peers_connected: list[str] = []
     match_index: dict[str, int] = {}  # leader only: what each follower holds
+    durability: str = ""  # does the commit policy survive failover here, and why
+    discarded: int = 0  # transactions this node rolled back, kept in replidb_discarded
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):

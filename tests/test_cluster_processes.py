@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import replidb
-from procs import LocalCluster, free_ports, pid_alive
+from replidb.testing.local_cluster import LocalCluster, free_ports, pid_alive
 
 pytestmark = pytest.mark.slow
 

@@ -124,8 +124,8 @@ class Replica:
         self._messages: list[tuple[str, PeerMessage]] = []
         self._events: list[RoleChanged] = []
         self._hard_dirty = False
-        # Annotated: mypy would infer ``leader: None`` from the line above and reject
-        # the later assignment of a real leader id (mypy --strict failed here).
+        # Annotated: mypy narrows ``self.leader`` to None here, inferred the tuple type
+        # from that and rejected every later assignment (mypy --strict failed).
         self._reported: tuple[Role, int, str | None] = (self.role, self.term, self.leader)
         self._acked = 0
 
@@ -373,7 +373,8 @@ class Replica:
             progress.next = max(progress.next, progress.match + 1)
             # Only a reply covering everything sent ends the batch in flight. A reply to a
             # heartbeat (or a duplicate) must not: each one used to start one more
-            # pipeline of batches to a lagging follower (found by sim seed 155).
+            # pipeline of batches to a lagging follower (sim regression seed 175, and
+            # test_core.py::test_a_heartbeat_reply_does_not_start_a_second_batch).
             if msg.index >= progress.next - 1:
                 progress.inflight = False
         else:
@@ -389,6 +390,11 @@ class Replica:
             progress = self._progress[peer]
             if progress.inflight and progress.inflight_ticks >= self.config.election_ticks // 2:
                 progress.inflight = False  # presumed lost: send again
+                # ... from what the follower confirmed. ``next`` already points past the
+                # lost batch: without this rewind it was re-sent only once a newer write
+                # came along, and an idle cluster never committed it (sim regression
+                # seeds 14 and 18, test_core.py::test_a_lost_batch_is_sent_again_...).
+                progress.next = progress.match + 1
             if not progress.inflight and (progress.next <= self.log.last_index or not heartbeat):
                 self._send_append(peer)
             elif heartbeat:

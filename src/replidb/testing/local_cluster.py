@@ -1,6 +1,7 @@
-"""Real `replidb serve` processes on loopback, for tests that kill and restart nodes.
+"""Real `replidb serve` processes on loopback, for tests and benchmarks that kill and
+restart nodes.
 
-Every process started here is ended in ``stop_all`` (the fixture calls it even when
+Every process started here is ended in ``stop_all`` (test fixtures call it even when
 the test fails), and only by the PID we got when we started it.
 """
 
@@ -20,7 +21,7 @@ from replidb.client.transport import Client, probe_status
 from replidb.errors import Error
 from replidb.transport import wire
 
-__all__ = ["LocalCluster", "free_ports"]
+__all__ = ["LocalCluster", "free_ports", "pid_alive"]
 
 
 def free_ports(count: int) -> list[int]:

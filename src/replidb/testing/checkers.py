@@ -1,0 +1,243 @@
+"""Safety and liveness invariants, checked by the simulator after every step.
+
+The checker keeps one global record: the committed sequence, extended whenever any
+node reports a higher commit index. Everything else is checked against it
+incrementally (each node has a pointer to how far its log and applied state are known
+to match), so a check costs O(nodes) per step rather than O(log length).
+
+Invariants (Raft §5.2-§5.4, plus what replidb adds on top):
+
+1. at most one leader per term, ever (election safety);
+2. a committed entry never changes, and a node's log matches it up to the node's own
+   commit index; a leader holds every entry committed in an earlier term (leader
+   completeness); one ``(term, index)`` never names two different entries;
+3. no node discards a committed entry (log truncation or applied rollback);
+4. applied states are prefixes of the committed sequence; only a node that has been
+   leader may have applied entries beyond it (the leader applies its whole log);
+5. convergence (liveness phase): one leader, all commit indexes at its last index,
+   identical logs and applied states.
+
+Durable terms never go back and a durable vote never changes within a term. Under a
+policy that waits for a majority, an acknowledged write must end up committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
+
+from replidb.core.messages import Entry, HardState, Role
+from replidb.core.replica import Replica
+from replidb.testing.memory import MemoryStorage
+
+__all__ = ["InvariantViolation", "ObservedNode", "SafetyChecker"]
+
+
+class InvariantViolation(Exception):
+    """A safety or liveness property failed; the message says how to replay it."""
+
+    def __init__(self, seed: int, step: int, node: str, detail: str) -> None:
+        super().__init__(f"seed={seed} step={step} node={node}: {detail}")
+        self.seed = seed
+        self.step = step
+        self.node = node
+        self.detail = detail
+
+
+class ObservedNode(Protocol):
+    """What the checker reads from a simulated node (``replica`` is None while down)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def storage(self) -> MemoryStorage: ...
+
+    @property
+    def replica(self) -> Replica | None: ...
+
+    @property
+    def settled(self) -> bool:
+        """False while input was given whose Ready is not handled yet (mid-batch)."""
+        ...
+
+
+@dataclass
+class _Mark:
+    log_ok: int = 0  # durable log[1..log_ok] is known to equal the committed record
+    applied_ok: int = 0  # applied[1..applied_ok] is known to equal the committed record
+    ever_leader: bool = False
+
+
+class SafetyChecker:
+    def __init__(self, seed: int, node_ids: Sequence[str], acks_must_survive: bool) -> None:
+        self.seed = seed
+        self.step = 0
+        self.committed: list[Entry] = []  # committed[i - 1] is the entry committed at i
+        # The term of the node that first reported index i committed: every leader of
+        # a later term must hold that entry.
+        self._commit_term: list[int] = []
+        self.leaders: dict[int, str] = {}  # term -> the one leader of that term
+        self._entry_ids: dict[tuple[int, int], Entry] = {}
+        self._marks = {node: _Mark() for node in node_ids}
+        self._acks_must_survive = acks_must_survive
+        self.acked: dict[int, Entry] = {}  # index -> the last acknowledged write there
+        self.acks = 0
+
+    def fail(self, node: str, detail: str) -> NoReturn:
+        raise InvariantViolation(self.seed, self.step, node, detail)
+
+    # ---- events reported by the simulator while it handles a Ready -------------
+
+    def observe_role(self, node: str, role: Role, term: int) -> None:
+        """(1) one leader per term, ever."""
+        if role is not Role.LEADER:
+            return
+        self._marks[node].ever_leader = True
+        holder = self.leaders.setdefault(term, node)
+        if holder != node:
+            self.fail(node, f"second leader in term {term} (first was {holder})")
+
+    def on_hard_state(self, node: str, old: HardState, new: HardState) -> None:
+        if new.term < old.term:
+            self.fail(node, f"durable term went back from {old.term} to {new.term}")
+        if new.term == old.term and old.vote is not None and new.vote != old.vote:
+            self.fail(node, f"second vote in term {new.term}: {old.vote} then {new.vote}")
+
+    def on_persist(self, node: str, entry: Entry) -> None:
+        """(2) a (term, index) pair is created once, by the one leader of that term."""
+        known = self._entry_ids.setdefault((entry.term, entry.index), entry)
+        if known != entry:
+            self.fail(node, f"two different entries at term {entry.term} index {entry.index}")
+
+    def on_truncate(
+        self, node: str, from_index: int, entries: Sequence[Entry], storage: MemoryStorage
+    ) -> None:
+        """(3) called before the storage truncates, with the entries that the same Ready
+        appends: no committed entry the node holds may be replaced or dropped.
+
+        (When one Ready covers appends from two leaders, a durable entry can be deleted
+        and written back identically; that is not a loss, so compare the net result.)
+        """
+        mark = self._marks[node]
+        first_new = entries[0].index if entries else from_index
+        for index in range(from_index, len(storage.log) + 1):
+            old = storage.log[index - 1]
+            held = index <= len(self.committed) and old == self.committed[index - 1]
+            offset = index - first_new
+            new = entries[offset] if 0 <= offset < len(entries) else None
+            if held and new != old:
+                self.fail(node, f"truncation from {from_index} discards committed entry {index}")
+        mark.log_ok = min(mark.log_ok, from_index - 1)  # re-verified from the new entries
+        if from_index <= storage.applied_index:
+            if not mark.ever_leader:
+                self.fail(node, f"rolls back applied entries from {from_index}, never led")
+            if from_index <= mark.applied_ok:  # readers would see a committed write vanish
+                self.fail(node, f"rolls back committed applied entry {from_index}")
+        mark.applied_ok = min(mark.applied_ok, from_index - 1)
+
+    def on_ack(self, node: str, entry: Entry) -> None:
+        self.acks += 1
+        previous = self.acked.get(entry.index)
+        self.acked[entry.index] = entry
+        if self._acks_must_survive:
+            if previous is not None and previous != entry:
+                self.fail(node, f"acknowledged write {previous.data!r} at {entry.index} lost")
+            self._check_ack(node, entry.index)
+
+    # ---- after every step --------------------------------------------------------
+
+    def after_step(self, nodes: Sequence[ObservedNode]) -> None:
+        for node in nodes:
+            if node.replica is not None:
+                self.observe_role(node.id, node.replica.role, node.replica.term)
+                if node.settled:  # mid-batch, the durable log lags the replica's view
+                    self._check_log(node, node.replica)
+        for node in nodes:  # the committed record is complete for this step now
+            self._check_applied(node)
+
+    def _check_log(self, node: ObservedNode, replica: Replica) -> None:
+        mark = self._marks[node.id]
+        log = node.storage.log
+        commit = replica.commit_index
+        if commit > len(log):
+            self.fail(node.id, f"commit index {commit} beyond durable log {len(log)}")
+        for index in range(mark.log_ok + 1, commit + 1):  # (2) extend or compare
+            self._match_committed(node.id, index, log[index - 1], replica.term)
+        mark.log_ok = max(mark.log_ok, commit)
+        if replica.role is Role.LEADER:  # leader completeness
+            while (
+                mark.log_ok < len(self.committed) and self._commit_term[mark.log_ok] < replica.term
+            ):
+                index = mark.log_ok + 1
+                if index > len(log) or log[index - 1] != self.committed[index - 1]:
+                    self.fail(node.id, f"leader of term {replica.term} lacks committed {index}")
+                mark.log_ok = index
+
+    def _match_committed(self, node: str, index: int, entry: Entry, term: int) -> None:
+        if index <= len(self.committed):
+            if self.committed[index - 1] != entry:
+                self.fail(
+                    node,
+                    f"committed entry {index} changed: {self.committed[index - 1]!r} vs {entry!r}",
+                )
+            return
+        self.committed.append(entry)
+        self._commit_term.append(term)
+        if self._acks_must_survive and index in self.acked:
+            self._check_ack(node, index)
+
+    def _check_ack(self, node: str, index: int) -> None:
+        if index <= len(self.committed) and self.committed[index - 1] != self.acked[index]:
+            self.fail(node, f"acknowledged write {self.acked[index].data!r} at {index} lost")
+
+    def _check_applied(self, node: ObservedNode) -> None:
+        """(4) applied state = committed prefix, plus a divergent tail only on ex-leaders."""
+        mark = self._marks[node.id]
+        applied = node.storage.applied
+        limit = min(len(applied), len(self.committed))
+        while mark.applied_ok < limit:
+            if applied[mark.applied_ok] != self.committed[mark.applied_ok]:
+                if not mark.ever_leader:
+                    self.fail(node.id, f"applied entry {mark.applied_ok + 1} is not committed")
+                return  # an ex-leader's uncommitted tail: it must be rolled back later
+            mark.applied_ok += 1
+        if len(applied) > len(self.committed) and not mark.ever_leader:
+            self.fail(node.id, f"applied {len(applied)} beyond commit {len(self.committed)}")
+
+    # ---- liveness ------------------------------------------------------------------
+
+    def lost_acks(self) -> int:
+        """Acknowledged writes that are not in the committed sequence (async can lose them)."""
+        return sum(
+            1
+            for index, entry in sorted(self.acked.items())
+            if index > len(self.committed) or self.committed[index - 1] != entry
+        )
+
+    @staticmethod
+    def not_converged(nodes: Sequence[ObservedNode]) -> str | None:
+        """(5) None when the cluster has converged, else what is still missing."""
+        replicas = [(n.id, n.replica) for n in nodes]
+        down = [node for node, replica in replicas if replica is None]
+        if down:
+            return f"nodes down: {down}"
+        leaders = [n for n in nodes if n.replica is not None and n.replica.role is Role.LEADER]
+        if len(leaders) != 1:
+            return f"{len(leaders)} leaders"
+        leader = leaders[0]
+        assert leader.replica is not None
+        last = leader.replica.last_index
+        for node in nodes:
+            replica = node.replica
+            assert replica is not None
+            if replica.term != leader.replica.term or replica.leader != leader.id:
+                return f"{node.id} follows {replica.leader} in term {replica.term}"
+            if replica.commit_index != last:
+                return f"{node.id} commit {replica.commit_index} != leader last {last}"
+            if node.storage.log != leader.storage.log:
+                return f"{node.id} log differs from the leader's"
+            if node.storage.applied != leader.storage.applied:
+                return f"{node.id} applied state differs from the leader's"
+        return None

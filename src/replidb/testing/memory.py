@@ -1,0 +1,97 @@
+"""In-memory durable storage for one simulated node.
+
+Everything stored here counts as fsynced: the simulator only writes to it while it
+handles a ``Ready`` (or a leader's own write), so a crash — which simply throws the
+``Replica`` away and keeps this object — keeps exactly what was persisted. A crash in
+the middle of a ``Ready`` is modelled by the simulator stopping between these calls.
+
+The "state machine" is the list of applied entries: the applied index is its length.
+Truncating the log rolls back applied entries in the same call, as the real storage
+does in one SQLite transaction, so the two can never disagree after a crash.
+"""
+
+from __future__ import annotations
+
+from replidb.core.messages import Entry, HardState
+
+__all__ = ["MemoryStorage", "StorageError"]
+
+
+class StorageError(Exception):
+    """The caller broke the storage contract (a gap in the log, applying out of order)."""
+
+
+class MemoryStorage:
+    """Durable log + hard state + applied entries. Implements ``core.log.LogReader``."""
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.log: list[Entry] = []  # log[i - 1] is the entry at index i
+        self.applied: list[Entry] = []  # applied[i - 1] is the entry applied at index i
+
+    # ---- LogReader ------------------------------------------------------------
+
+    def last_index(self) -> int:
+        return len(self.log)
+
+    def term(self, index: int) -> int:
+        if index == 0:
+            return 0
+        if not 1 <= index <= len(self.log):
+            # The core must only ask about durable positions: fail loudly otherwise.
+            raise StorageError(f"term({index}) outside durable log 1..{len(self.log)}")
+        return self.log[index - 1].term
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        if lo < 1 or hi > len(self.log):
+            raise StorageError(f"entries({lo}, {hi}) outside durable log 1..{len(self.log)}")
+        out: list[Entry] = []
+        size = 0
+        for entry in self.log[lo - 1 : hi]:
+            if out and size + len(entry.data) > max_bytes:
+                break
+            out.append(entry)
+            size += len(entry.data)
+        return out
+
+    # ---- writes (each one is atomic and durable) ------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return len(self.applied)
+
+    def entry(self, index: int) -> Entry:
+        return self.log[index - 1]
+
+    def save_hard_state(self, hard_state: HardState) -> None:
+        self.hard_state = hard_state
+
+    def truncate(self, from_index: int) -> list[Entry]:
+        """Delete log entries >= from_index and roll back any of them already applied.
+        Returns the rolled-back entries (only an ex-leader ever has some)."""
+        if from_index < 1:
+            raise StorageError(f"truncate from {from_index}")
+        del self.log[from_index - 1 :]
+        rolled_back = self.applied[from_index - 1 :]
+        del self.applied[from_index - 1 :]
+        return rolled_back
+
+    def append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
+        for entry in entries:
+            if entry.index != len(self.log) + 1:
+                raise StorageError(f"append index {entry.index} after {len(self.log)}")
+            self.log.append(entry)
+
+    def apply(self, entry: Entry) -> None:
+        """Apply a logged entry; the applied position moves in the same step."""
+        index = entry.index
+        if index != len(self.applied) + 1:
+            raise StorageError(f"apply index {index} after applied {len(self.applied)}")
+        if index > len(self.log) or self.log[index - 1] != entry:
+            raise StorageError(f"apply {entry!r}: not the logged entry at {index}")
+        self.applied.append(entry)
+
+    def write_applied(self, entry: Entry) -> None:
+        """A leader's own transaction: log row and state change in one atomic write."""
+        self.append((entry,))
+        self.apply(entry)

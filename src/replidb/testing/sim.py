@@ -1,0 +1,632 @@
+"""Deterministic cluster simulator (in the style of FoundationDB's and TigerBeetle's VOPR).
+
+The real ``core.Replica`` runs against a simulated network, clock and storage. One
+seed decides everything: every random choice comes from a ``random.Random`` derived
+from it, time is a counter, there are no threads, and nodes are visited in sorted
+order, so the same seed gives a byte-identical trace.
+
+A run has two phases:
+
+- **safety**: ``safety_steps`` events under faults — message delay, loss,
+  duplication and reordering; partitions (random splits, one node isolated, one-way
+  links) and heals; crashes (between batches or in the middle of one) and restarts;
+  pauses (a node stops, then resumes with stale beliefs); clients writing to whichever
+  node can take a write.
+- **liveness**: the network heals and stops losing messages, every node restarts;
+  within ``liveness_ticks`` (plus the time to ship the longest log one batch per round
+  trip) a new write must commit and the cluster must converge.
+
+The checkers in ``checkers.py`` run after every event. A step is one event: a node's
+clock tick, one message delivery, or one "world" tick (faults and client writes),
+each followed by handling the touched node's ``Ready`` batches — or, for a delivery
+and with a seeded probability, not yet: a real runtime may read several messages
+before it handles one batch, so the node catches up at its next tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from replidb.core.messages import Append, Entry, EntryKind, PeerMessage, Role
+from replidb.core.policy import CommitPolicy, guarantee, parse_policy
+from replidb.core.replica import Config, Ready, Replica
+from replidb.testing.checkers import InvariantViolation, SafetyChecker
+from replidb.testing.memory import MemoryStorage
+
+__all__ = ["SimResult", "Simulation", "main_sim", "run"]
+
+TICK = 10  # time units per nominal clock tick; network delays are drawn in these units
+SAFETY_STEPS = 3000
+LIVENESS_TICKS = 400
+# Where a crash in the middle of handling a Ready can strike (before each part).
+_CUT_POINTS = ("hard state", "truncate", "append", "send", "apply", "ack")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything about a run's shape and fault rates, drawn from the seed."""
+
+    nodes: int
+    election_ticks: int
+    heartbeat_ticks: int
+    max_batch_entries: int
+    max_apply_entries: int
+    policy: CommitPolicy
+    loss: float  # probability a message is dropped
+    dup: float  # probability a message is delivered twice
+    max_delay: int  # time units; a delivery takes 1..max_delay (so messages reorder)
+    long_delay: float  # probability a message is held back for several ticks
+    fault_rate: float  # probability of a fault on each world tick
+    propose_rate: float  # client writes per world tick (geometric)
+    defer_ready: float  # probability a node takes more input before handling its Ready
+
+    @staticmethod
+    def draw(rng: random.Random) -> Params:
+        nodes = rng.choice((3, 5))
+        policies = ["async", "quorum", "all", "semi-sync:1"] + (
+            ["semi-sync:2"] if nodes == 5 else []
+        )
+        return Params(
+            nodes=nodes,
+            election_ticks=rng.randint(8, 14),
+            heartbeat_ticks=rng.randint(1, 3),
+            max_batch_entries=rng.choice((2, 8, 64)),
+            max_apply_entries=rng.choice((1, 8, 1024)),
+            policy=parse_policy(rng.choice(policies)),
+            loss=rng.choice((0.0, 0.01, 0.05, 0.15)),
+            dup=rng.choice((0.0, 0.02, 0.1)),
+            max_delay=rng.randint(2, 2 * TICK),
+            long_delay=rng.choice((0.0, 0.01, 0.05)),
+            fault_rate=rng.choice((0.02, 0.05, 0.15)),
+            propose_rate=rng.uniform(0.2, 0.8),
+            defer_ready=rng.choice((0.0, 0.0, 0.3, 0.7)),
+        )
+
+    def acks_must_survive(self) -> bool:
+        """Does the policy promise that acknowledged writes survive failover? The
+        checkers then hold it to that promise."""
+        return guarantee(self.policy, self.nodes).safe
+
+
+@dataclass
+class SimNode:
+    id: str
+    storage: MemoryStorage
+    replica: Replica | None
+    period: int  # time units between clock ticks: 9..11, timers run at slightly different rates
+    seeds: random.Random  # seeds the Random of each incarnation of the replica
+    paused_until: int = 0
+    crash_cut: int | None = None  # crash while handling the next Ready, before this part
+    pending: list[Entry] = field(default_factory=list)  # proposed, not yet acknowledged
+    settled: bool = True  # False while the replica has input whose Ready is not handled
+
+
+@dataclass(frozen=True)
+class _Tick:
+    node: str
+
+
+@dataclass(frozen=True)
+class _Deliver:
+    sender: str
+    to: str
+    msg: PeerMessage
+
+
+@dataclass(frozen=True)
+class _World:
+    pass
+
+
+_Event = _Tick | _Deliver | _World
+
+
+class _Crashed(Exception):
+    """The node crashed in the middle of handling a Ready: stop there."""
+
+
+@dataclass
+class SimResult:
+    seed: int
+    nodes: int
+    policy: str
+    steps: int
+    ticks: int
+    trace: list[str]
+    trace_digest: str
+    writes: int  # proposals accepted by a leader
+    acked: int  # writes acknowledged to the client
+    acked_lost: int  # acknowledged writes missing from the final log (async may lose some)
+    committed: int  # length of the committed sequence at the end
+    leaders_elected: int
+    crashes: int
+    max_batches_in_flight: int  # most non-empty Appends one leader had in flight to one node
+    converged: bool
+    violations: list[str]
+
+    def summary(self) -> str:
+        status = "ok" if not self.violations else "VIOLATION"
+        return (
+            f"seed {self.seed}: {status} nodes={self.nodes} policy={self.policy} "
+            f"steps={self.steps} ticks={self.ticks} writes={self.writes} acked={self.acked} "
+            f"acked_lost={self.acked_lost} committed={self.committed} "
+            f"leaders={self.leaders_elected} crashes={self.crashes} "
+            f"max_batches_in_flight={self.max_batches_in_flight}"
+        )
+
+
+class Simulation:
+    def __init__(self, seed: int, safety_steps: int, liveness_ticks: int) -> None:
+        master = random.Random(seed)
+        # Independent streams, so that e.g. one more fault does not shift every delay.
+        self.params = Params.draw(random.Random(master.getrandbits(64)))
+        self._net = random.Random(master.getrandbits(64))
+        self._faults = random.Random(master.getrandbits(64))
+        self._client = random.Random(master.getrandbits(64))
+        self._runtime = random.Random(master.getrandbits(64))  # when Readies get handled
+        self.seed = seed
+        self.safety_steps = safety_steps
+        self.liveness_ticks = liveness_ticks
+        p = self.params
+        ids = [f"n{i}" for i in range(1, p.nodes + 1)]
+        self.configs = {
+            node: Config(
+                node_id=node,
+                peers=tuple(peer for peer in ids if peer != node),
+                election_ticks=p.election_ticks,
+                heartbeat_ticks=p.heartbeat_ticks,
+                max_batch_entries=p.max_batch_entries,
+                max_apply_entries=p.max_apply_entries,
+                policy=p.policy,
+            )
+            for node in ids
+        }
+        self.nodes = [
+            SimNode(
+                node,
+                MemoryStorage(),
+                None,
+                TICK + master.randint(-1, 1),
+                random.Random(master.getrandbits(64)),
+            )
+            for node in ids
+        ]
+        self.by_id = {node.id: node for node in self.nodes}
+        self.checker = SafetyChecker(seed, ids, p.acks_must_survive())
+        self.trace: list[str] = []
+        self._queue: list[tuple[int, int, _Event]] = []
+        self._seq = 0
+        self.now = 0
+        self.step = 0
+        self.loss, self.dup, self.long_delay = p.loss, p.dup, p.long_delay
+        self._blocked: set[tuple[str, str]] = set()  # (from, to) links that drop messages
+        self.liveness = False
+        self._live_first_write = 0  # writes numbered above this were made while healed
+        self._live_scan = 0  # how far the committed sequence was searched for them
+        self.live_write_committed = False
+        self.writes = 0
+        self.crashes = 0
+        self.converged = False
+        self._traced_commit = 0
+        # Non-empty Appends in the network per (sender, receiver, term): the leader
+        # promises one batch in flight per follower (plus duplicates and retries).
+        self._batches: dict[tuple[str, str, int], int] = {}
+        self.max_batches_in_flight = 0
+        self._log(
+            f"start nodes={p.nodes} policy={p.policy} election={p.election_ticks} "
+            f"heartbeat={p.heartbeat_ticks} loss={p.loss} dup={p.dup} "
+            f"delay<={p.max_delay} faults={p.fault_rate:.3f} batch={p.max_batch_entries} "
+            f"apply={p.max_apply_entries} defer={p.defer_ready}"
+        )
+        for node in self.nodes:
+            self._start(node)
+            self._schedule(master.randrange(node.period), _Tick(node.id))
+        self._schedule(TICK, _World())
+
+    # ---- driver --------------------------------------------------------------------
+
+    def run(self) -> None:
+        while self.step < self.safety_steps:
+            self._one_step()
+        self._begin_liveness()
+        deadline = self.now + (self.liveness_ticks + self._catch_up_ticks()) * TICK
+        while not self.converged:
+            if self.now > deadline:
+                reason = SafetyChecker.not_converged(self.nodes) or "no write committed"
+                if self.live_write_committed:
+                    reason = f"not converged: {reason}"
+                self.checker.fail(
+                    "-", f"liveness: no convergence by tick {deadline // TICK}: {reason}"
+                )
+            self._one_step()
+        if self.params.acks_must_survive() and self.checker.lost_acks():
+            self.checker.fail("-", f"{self.checker.lost_acks()} acknowledged writes lost")
+
+    def _one_step(self) -> None:
+        self.now, _, event = heapq.heappop(self._queue)
+        self.step += 1
+        self.checker.step = self.step
+        if isinstance(event, _Tick):
+            self._on_tick(self.by_id[event.node])
+        elif isinstance(event, _Deliver):
+            self._on_deliver(event)
+        else:
+            self._on_world()
+        self.checker.after_step(self.nodes)
+
+    def _schedule(self, delay: int, event: _Event) -> None:
+        self._seq += 1  # unique tie-breaker: events never compare with each other
+        heapq.heappush(self._queue, (self.now + delay, self._seq, event))
+
+    def _log(self, text: str) -> None:
+        self.trace.append(f"{self.step} @{self.now} {text}")
+
+    @contextmanager
+    def _guard(self, node: str) -> Iterator[None]:
+        """Any exception out of the core (or a storage contract breach) is a violation."""
+        try:
+            yield
+        except (InvariantViolation, _Crashed):
+            raise
+        except Exception as exc:
+            self.checker.fail(node, f"{type(exc).__name__}: {exc}")
+
+    # ---- events --------------------------------------------------------------------
+
+    def _on_tick(self, node: SimNode) -> None:
+        self._schedule(node.period, _Tick(node.id))
+        if node.replica is None or self.now < node.paused_until:
+            return
+        with self._guard(node.id):
+            node.replica.tick()
+        self._drain(node)
+
+    def _on_deliver(self, event: _Deliver) -> None:
+        node = self.by_id[event.to]
+        if node.replica is not None and self.now < node.paused_until:
+            # A paused process reads its socket later: the message is still in flight.
+            self._schedule(node.paused_until - self.now + 1, event)
+            return
+        if isinstance(event.msg, Append) and event.msg.entries:
+            self._batches[event.sender, event.to, event.msg.term] -= 1
+        if node.replica is None or (event.sender, event.to) in self._blocked:
+            return
+        with self._guard(node.id):
+            node.replica.step(event.msg)
+        if self._runtime.random() < self.params.defer_ready:
+            # Like a runtime that reads several messages before one Ready: exercises
+            # the core's handling of many inputs per batch. Its next tick drains it.
+            node.settled = False
+            return
+        self._drain(node)
+
+    def _on_world(self) -> None:
+        self._schedule(TICK, _World())
+        if len(self.checker.committed) != self._traced_commit:  # progress, once per tick
+            self._traced_commit = len(self.checker.committed)
+            self._log(f"committed {self._traced_commit}")
+        if not self.liveness:
+            if self._faults.random() < self.params.fault_rate:
+                self._inject_fault()
+        elif self._check_live_write():
+            self.converged = SafetyChecker.not_converged(self.nodes) is None
+            return  # converging: no more client writes
+        budget = 3
+        while budget and self._client.random() < self.params.propose_rate:
+            budget -= 1
+            self._propose()
+
+    # ---- the caller's side of the Ready contract -------------------------------------
+
+    def _drain(self, node: SimNode) -> None:
+        try:
+            for _ in range(10_000):
+                replica = node.replica
+                if replica is None or not replica.has_ready():
+                    node.settled = True
+                    return
+                with self._guard(node.id):
+                    ready = replica.ready()
+                self._handle(node, replica, ready)
+                with self._guard(node.id):
+                    replica.advance(ready)
+            self.checker.fail(node.id, "Ready batches never run out")
+        except _Crashed:
+            return
+
+    def _cut(self, node: SimNode, part: int) -> None:
+        if node.crash_cut == part:
+            self._crash(node, f"while handling a Ready, before {_CUT_POINTS[part]}")
+            raise _Crashed
+
+    def _handle(self, node: SimNode, replica: Replica, ready: Ready) -> None:
+        storage, check = node.storage, self.checker
+        self._cut(node, 0)
+        if ready.hard_state is not None:
+            check.on_hard_state(node.id, storage.hard_state, ready.hard_state)
+            storage.save_hard_state(ready.hard_state)
+        self._cut(node, 1)
+        if ready.truncate_from is not None:
+            check.on_truncate(node.id, ready.truncate_from, ready.entries, storage)
+            dropped = len(storage.log) - ready.truncate_from + 1
+            rolled_back = storage.truncate(ready.truncate_from)
+            self._log(
+                f"{node.id} truncates {dropped} from {ready.truncate_from}, "
+                f"rolls back {len(rolled_back)} applied"
+            )
+        self._cut(node, 2)
+        for entry in ready.entries:
+            check.on_persist(node.id, entry)
+        with self._guard(node.id):
+            storage.append(ready.entries)
+        self._cut(node, 3)
+        for to, msg in ready.messages:
+            self._send(node.id, to, msg)
+        self._cut(node, 4)
+        with self._guard(node.id):
+            for entry in ready.committed:
+                storage.apply(entry)
+        self._cut(node, 5)
+        if node.pending:
+            self._acknowledge(node, replica, ready.acked_index)
+        for event in ready.events:
+            self._log(f"{node.id} {event.role.value} term={event.term} leader={event.leader}")
+
+    def _acknowledge(self, node: SimNode, replica: Replica, acked_index: int) -> None:
+        keep: list[Entry] = []
+        for write in node.pending:
+            if replica.role is not Role.LEADER or write.term != replica.term:
+                continue  # the leader moved on: the outcome is unknown, never "failed"
+            if write.index <= acked_index:
+                self.checker.on_ack(node.id, write)
+                self._log(f"{node.id} acks {write.data.decode()} at {write.index}")
+            else:
+                keep.append(write)
+        node.pending = keep
+
+    # ---- network -------------------------------------------------------------------
+
+    def _send(self, sender: str, to: str, msg: PeerMessage) -> None:
+        net = self._net
+        if (sender, to) in self._blocked or net.random() < self.loss:
+            return
+        copies = 2 if net.random() < self.dup else 1
+        for _ in range(copies):
+            delay = net.randint(1, self.params.max_delay)
+            if net.random() < self.long_delay:
+                delay += net.randint(TICK, 5 * TICK)
+            self._schedule(delay, _Deliver(sender, to, msg))
+            if isinstance(msg, Append) and msg.entries:
+                key = (sender, to, msg.term)
+                self._batches[key] = count = self._batches.get(key, 0) + 1
+                self.max_batches_in_flight = max(self.max_batches_in_flight, count)
+
+    # ---- faults --------------------------------------------------------------------
+
+    def _inject_fault(self) -> None:
+        rng = self._faults
+        up = [n for n in self.nodes if n.replica is not None]
+        down = [n for n in self.nodes if n.replica is None]
+        kind = rng.choices(
+            ("crash", "restart", "split", "isolate", "oneway", "heal", "pause"),
+            weights=(3, 4, 2, 2, 1, 3, 2),
+        )[0]
+        if len(down) > len(self.nodes) // 2 and rng.random() < 0.5:
+            kind = "restart"  # bias towards a working majority, without forcing one
+        ids = [n.id for n in self.nodes]
+        if kind == "crash" and up:
+            node = self._victim(up)
+            if rng.random() < 0.5:
+                self._crash(node, "")
+            else:
+                node.crash_cut = rng.randrange(len(_CUT_POINTS))
+        elif kind == "restart" and down:
+            self._restart(rng.choice(down))
+        elif kind == "split":
+            side = [node for node in ids if rng.random() < 0.5]
+            self._partition(side, [node for node in ids if node not in side])
+        elif kind == "isolate":
+            one = self._victim(up).id if up else rng.choice(ids)
+            self._partition([one], [node for node in ids if node != one])
+        elif kind == "oneway":
+            a, b = rng.sample(ids, 2)
+            self._blocked.add((a, b))
+            self._log(f"fault: link {a}->{b} drops")
+        elif kind == "heal":
+            self._blocked.clear()
+            self._log("fault: heal")
+        elif kind == "pause" and up:
+            node = self._victim(up)
+            ticks = rng.randint(1, 3 * self.params.election_ticks)
+            node.paused_until = self.now + ticks * TICK
+            self._log(f"fault: pause {node.id} for {ticks} ticks")
+
+    def _victim(self, up: list[SimNode]) -> SimNode:
+        """Half the time aim at a leader: failovers are where replication bugs live."""
+        leaders = [n for n in up if n.replica is not None and n.replica.role is Role.LEADER]
+        if leaders and self._faults.random() < 0.5:
+            return self._faults.choice(leaders)
+        return self._faults.choice(up)
+
+    def _partition(self, side: list[str], other: list[str]) -> None:
+        self._blocked.clear()
+        for a in side:
+            for b in other:
+                self._blocked.update(((a, b), (b, a)))
+        self._log(f"fault: partition {side} | {other}")
+
+    def _crash(self, node: SimNode, how: str) -> None:
+        assert node.replica is not None
+        # A leader that lived only inside the interrupted batch still counts.
+        self.checker.observe_role(node.id, node.replica.role, node.replica.term)
+        node.replica = None  # and with it whatever it had not yet persisted
+        node.settled = True
+        node.pending = []  # their outcome is unknown to the clients
+        node.crash_cut = None
+        node.paused_until = 0
+        self.crashes += 1
+        self._log(f"fault: crash {node.id} {how}".rstrip())
+
+    def _start(self, node: SimNode) -> None:
+        storage = node.storage
+        node.replica = Replica(
+            self.configs[node.id],
+            storage,
+            storage.hard_state,
+            storage.applied_index,
+            random.Random(node.seeds.getrandbits(64)),
+        )
+
+    def _restart(self, node: SimNode) -> None:
+        self._start(node)
+        storage = node.storage
+        self._log(
+            f"restart {node.id} term={storage.hard_state.term} "
+            f"last={storage.last_index()} applied={storage.applied_index}"
+        )
+
+    # ---- clients -------------------------------------------------------------------
+
+    def _propose(self) -> None:
+        ready = [
+            n
+            for n in self.nodes
+            if n.replica is not None
+            and self.now >= n.paused_until
+            and n.replica.can_propose()
+            # Once healed, the client waits for its writes to commit (a closed loop), so
+            # the cluster can drain its backlog instead of racing an endless stream.
+            and not (self.liveness and n.replica.commit_index < n.replica.last_index)
+        ]
+        if not ready:
+            return
+        node = self._client.choice(ready)
+        replica = node.replica
+        assert replica is not None
+        self.writes += 1
+        data = b"w%d" % self.writes
+        # The caller executes the write and logs it atomically before telling the core.
+        entry = Entry(replica.term, replica.next_index(), EntryKind.WRITE, data)
+        self.checker.on_persist(node.id, entry)
+        node.storage.write_applied(entry)
+        with self._guard(node.id):
+            proposed = replica.propose_applied(data)
+        if proposed != entry:
+            self.checker.fail(node.id, f"propose_applied returned {proposed!r}, not {entry!r}")
+        node.pending.append(entry)
+        self._log(f"{node.id} writes {data.decode()} at {entry.index} term={entry.term}")
+        self._drain(node)
+
+    # ---- liveness ------------------------------------------------------------------
+
+    def _begin_liveness(self) -> None:
+        self.liveness = True
+        self._blocked.clear()
+        self.loss = self.dup = self.long_delay = 0.0
+        self._live_first_write = self.writes
+        self._log("liveness: heal, no loss, restart all")
+        for node in self.nodes:
+            node.paused_until = 0
+            node.crash_cut = None
+            if node.replica is None:
+                self._restart(node)
+
+    def _catch_up_ticks(self) -> int:
+        """Time to ship the longest log one batch per round trip to a node that has none
+        of it: the leader keeps one batch in flight per follower, so that bounds speed."""
+        longest = max(len(node.storage.log) for node in self.nodes)
+        batches = -(-longest // self.params.max_batch_entries)
+        return batches * (2 * self.params.max_delay // TICK + 1)
+
+    def _check_live_write(self) -> bool:
+        """Has a write made after the heal been committed?"""
+        committed = self.checker.committed
+        while not self.live_write_committed and self._live_scan < len(committed):
+            data = committed[self._live_scan].data
+            self._live_scan += 1
+            if data.startswith(b"w") and int(data[1:]) > self._live_first_write:
+                self.live_write_committed = True
+                self._log(f"liveness: {data.decode()} committed")
+        return self.live_write_committed
+
+    # ---- result --------------------------------------------------------------------
+
+    def result(self, violations: list[str]) -> SimResult:
+        if not violations:  # the final state, so that equal digests mean equal outcomes
+            self._log(f"end committed={len(self.checker.committed)} acked={self.checker.acks}")
+            for node in self.nodes:
+                storage, replica = node.storage, node.replica
+                commit = replica.commit_index if replica is not None else "-"
+                self._log(
+                    f"end {node.id} term={storage.hard_state.term} last={storage.last_index()} "
+                    f"commit={commit} applied={storage.applied_index}"
+                )
+        digest = hashlib.sha256("\n".join(self.trace).encode()).hexdigest()
+        return SimResult(
+            seed=self.seed,
+            nodes=self.params.nodes,
+            policy=str(self.params.policy),
+            steps=self.step,
+            ticks=self.now // TICK,
+            trace=self.trace,
+            trace_digest=digest,
+            writes=self.writes,
+            acked=self.checker.acks,
+            acked_lost=self.checker.lost_acks(),
+            committed=len(self.checker.committed),
+            leaders_elected=len(self.checker.leaders),
+            crashes=self.crashes,
+            max_batches_in_flight=self.max_batches_in_flight,
+            converged=self.converged,
+            violations=violations,
+        )
+
+
+def run(
+    seed: int,
+    *,
+    safety_steps: int = SAFETY_STEPS,
+    liveness_ticks: int = LIVENESS_TICKS,
+    raise_on_violation: bool = False,
+) -> SimResult:
+    """Run one seed. A violation is raised, or recorded in ``SimResult.violations``."""
+    sim = Simulation(seed, safety_steps, liveness_ticks)
+    try:
+        sim.run()
+    except InvariantViolation as exc:
+        sim.trace.append(f"VIOLATION {exc}")
+        if raise_on_violation:
+            raise
+        return sim.result([str(exc)])
+    return sim.result([])
+
+
+def main_sim(seed: int | None, seeds: int = 1, verbose: bool = False) -> int:
+    """CLI entry (``replidb sim``): run ``seeds`` seeds from ``seed``; 1 on a violation."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+        print(f"seed: {seed} (random)")
+    failed: list[int] = []
+    for current in range(seed, seed + seeds):
+        result = run(current)
+        if verbose:
+            print("\n".join(result.trace))
+        print(result.summary())
+        print(f"  trace digest {result.trace_digest}")
+        for violation in result.violations:
+            print(f"  {violation}")
+            print(f"  replay with: replidb sim --seed {current} --verbose")
+        if result.violations:
+            failed.append(current)
+    if seeds > 1:
+        print(
+            f"{seeds - len(failed)}/{seeds} seeds passed"
+            + (f"; failed: {failed}" if failed else "")
+        )
+    return 1 if failed else 0

@@ -47,6 +47,8 @@ class Node:
         seed: int = 0,
         policy: CommitPolicy | None = None,
         max_batch_entries: int = 256,
+        pre_vote: bool = False,
+        check_quorum: bool = False,
     ) -> None:
         self.id = node_id
         self.storage = storage or MemoryStorage()
@@ -57,6 +59,8 @@ class Node:
             heartbeat_ticks=1,
             max_batch_entries=max_batch_entries,
             policy=policy or CommitPolicy("async"),
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
         )
         self.replica = Replica(
             self.config,

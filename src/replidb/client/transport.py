@@ -105,7 +105,9 @@ class Channel:
             raise LinkError(f"{address}: cannot connect: {_describe(exc)}", sent=False)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def call(self, request: wire.Execute | wire.StatusRequest, deadline: float) -> wire.Message:
+    def call(
+        self, request: wire.Execute | wire.StatusRequest | wire.TransferLeader, deadline: float
+    ) -> wire.Message:
         """Send ``request``, return the reply with the same id, by ``deadline`` (monotonic)."""
         try:
             payload = wire.encode(request)

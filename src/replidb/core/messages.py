@@ -21,6 +21,7 @@ __all__ = [
     "PeerMessage",
     "Role",
     "RoleChanged",
+    "TimeoutNow",
     "VoteReply",
     "VoteRequest",
 ]
@@ -28,6 +29,7 @@ __all__ = [
 
 class Role(enum.Enum):
     FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"  # asking whether it could win, before raising its term
     CANDIDATE = "candidate"
     LEADER = "leader"
 
@@ -54,16 +56,32 @@ class HardState(msgspec.Struct, frozen=True):
 
 
 class VoteRequest(msgspec.Struct, frozen=True, tag="vote"):
+    """A vote request. ``pre_vote``: "would you vote for me in ``term``?" — nobody's
+    term or vote changes. ``transfer``: the leader asked for this election, so voters
+    must not ignore it for having heard from that leader recently."""
+
     term: int
     sender: str
     last_index: int
     last_term: int
+    pre_vote: bool = False
+    transfer: bool = False
 
 
 class VoteReply(msgspec.Struct, frozen=True, tag="vote_reply"):
+    """A granted pre-vote carries the term it was asked about; a refusal, the voter's."""
+
     term: int
     sender: str
     granted: bool
+    pre_vote: bool = False
+
+
+class TimeoutNow(msgspec.Struct, frozen=True, tag="timeout_now"):
+    """Leadership transfer: the leader tells a caught-up follower to campaign now."""
+
+    term: int
+    sender: str
 
 
 class Append(msgspec.Struct, frozen=True, tag="append"):
@@ -87,7 +105,7 @@ class AppendReply(msgspec.Struct, frozen=True, tag="append_reply"):
     index: int
 
 
-PeerMessage = VoteRequest | VoteReply | Append | AppendReply
+PeerMessage = VoteRequest | VoteReply | Append | AppendReply | TimeoutNow
 
 
 class RoleChanged(msgspec.Struct, frozen=True):

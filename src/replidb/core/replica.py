@@ -16,6 +16,16 @@ Rules this module owns (and nothing else changes these fields):
   candidate whose log is at least as up to date (last term, then last index).
 - A candidate needs a majority of voters (itself included). Election timeouts are
   drawn uniformly from [election_ticks, 2 * election_ticks) with the injected Random.
+- Pre-vote (Raft thesis §9.6): a node whose timer fires first asks, without raising
+  its term, whether a majority would vote for it; only then does it campaign. A node
+  returning from a partition therefore cannot depose a healthy leader.
+- Check-quorum (§6.2): a leader that has not heard from a majority within an election
+  timeout steps down (and stops acknowledging writes); a node that has heard from a
+  leader within the election timeout ignores vote requests for a higher term (the
+  leader lease), unless the leader itself asked for the election (a transfer).
+- Leadership transfer (§3.10): the leader stops taking writes, brings the target up
+  to date, and sends it TimeoutNow; the target campaigns at once. A transfer that has
+  not finished within an election timeout is abandoned.
 - Leader: appends a no-op in its term, replicates with the previous-entry consistency
   check (one batch in flight per follower: a slow follower costs bounded memory),
   advances ``commit`` to the highest index stored on a majority *whose term is the
@@ -44,6 +54,7 @@ from replidb.core.messages import (
     PeerMessage,
     Role,
     RoleChanged,
+    TimeoutNow,
     VoteReply,
     VoteRequest,
 )
@@ -70,6 +81,8 @@ class Config:
     max_batch_bytes: int = 1 << 20
     max_apply_entries: int = 1024
     policy: CommitPolicy = field(default_factory=lambda: CommitPolicy("async"))
+    pre_vote: bool = True
+    check_quorum: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,7 @@ class _Progress:
     next: int = 1
     inflight: bool = False
     inflight_ticks: int = 0
+    recent_active: bool = False  # heard from since the last check-quorum round
 
 
 class Replica:
@@ -128,37 +142,95 @@ class Replica:
         # from that and rejected every later assignment (mypy --strict failed).
         self._reported: tuple[Role, int, str | None] = (self.role, self.term, self.leader)
         self._acked = 0
+        self._quorum_elapsed = 0  # leader: ticks since the last check-quorum round
+        self.transferee: str | None = None  # leader: handing leadership to this node
+        self._transfer_elapsed = 0
 
     # ---- inputs ---------------------------------------------------------------
 
     def tick(self) -> None:
         if self.role is Role.LEADER:
-            self._elapsed += 1
-            for progress in self._progress.values():
-                if progress.inflight:
-                    progress.inflight_ticks += 1
-            if self._elapsed >= self.config.heartbeat_ticks:
-                self._elapsed = 0
-                self._broadcast(heartbeat=True)
+            self._tick_leader()
             return
         self._elapsed += 1
         if self._elapsed >= self._timeout:
-            self._campaign()
+            if self.config.pre_vote:
+                self._pre_campaign()
+            else:
+                self._campaign()
+
+    def _tick_leader(self) -> None:
+        self._elapsed += 1
+        self._quorum_elapsed += 1
+        for progress in self._progress.values():
+            if progress.inflight:
+                progress.inflight_ticks += 1
+        if self._quorum_elapsed >= self.config.election_ticks:
+            self._quorum_elapsed = 0
+            active = {p for p, progress in self._progress.items() if progress.recent_active}
+            for progress in self._progress.values():
+                progress.recent_active = False
+            if self.config.check_quorum and not self._has_quorum(active | {self.id}):
+                self._become_follower(self.term, None)  # cut off: stop taking writes
+                return
+        if self.transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.config.election_ticks:
+                self.transferee = None  # the target did not take over in time
+        if self._elapsed >= self.config.heartbeat_ticks:
+            self._elapsed = 0
+            self._broadcast(heartbeat=True)
 
     def step(self, msg: PeerMessage) -> None:
         if msg.sender == self.id or (msg.sender not in self.peers):
             return  # not a voter of this cluster: ignore rather than trust
         if msg.term > self.term:
-            leader = msg.sender if isinstance(msg, Append) else None
-            self._become_follower(msg.term, leader)
+            if isinstance(msg, VoteRequest):
+                if not msg.transfer and self._in_lease():
+                    return  # a leader we heard from recently is alive: don't be disrupted
+                if not msg.pre_vote:
+                    self._become_follower(msg.term, None)
+            elif not (isinstance(msg, VoteReply) and msg.pre_vote and msg.granted):
+                # (a granted pre-vote carries the proposed term, not a newer real one)
+                leader = msg.sender if isinstance(msg, Append | TimeoutNow) else None
+                self._become_follower(msg.term, leader)
         if isinstance(msg, VoteRequest):
             self._on_vote_request(msg)
         elif isinstance(msg, VoteReply):
             self._on_vote_reply(msg)
         elif isinstance(msg, Append):
             self._on_append(msg)
+        elif isinstance(msg, TimeoutNow):
+            if msg.term == self.term and self.role is Role.FOLLOWER:
+                self._campaign(transfer=True)
         else:
             self._on_append_reply(msg)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to ``target``: stop taking writes, catch it up, TimeoutNow."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if target not in self.peers:
+            raise ValueError(f"{target!r} is not another voter of this cluster")
+        self.transferee = target
+        self._transfer_elapsed = 0
+        self._advance_transfer()
+
+    def _advance_transfer(self) -> None:
+        target = self.transferee
+        if target is None:
+            return
+        progress = self._progress[target]
+        if progress.match == self.log.last_index and not self.log.unstable:
+            self._messages.append((target, TimeoutNow(self.term, self.id)))
+        elif not progress.inflight:
+            self._send_append(target)
+
+    def _in_lease(self) -> bool:
+        """Heard from a live leader within the election timeout (check-quorum only)."""
+        if not self.config.check_quorum or self.leader is None:
+            return False
+        return self.role is Role.LEADER or self._elapsed < self.config.election_ticks
 
     def propose_applied(self, data: bytes) -> Entry:
         """Record a write the caller has already executed and persisted atomically with
@@ -180,6 +252,7 @@ class Replica:
         """A leader whose whole log is durable and applied (so new SQL runs on top of it)."""
         return (
             self.role is Role.LEADER
+            and self.transferee is None
             and not self.log.unstable
             and self.log.truncate_from is None
             and self.applied_index == self.log.last_index
@@ -260,8 +333,24 @@ class Replica:
         self._progress = {}
         self._elapsed = 0
         self._timeout = self._random_timeout()
+        self.transferee = None
 
-    def _campaign(self) -> None:
+    def _pre_campaign(self) -> None:
+        self.role = Role.PRE_CANDIDATE
+        self.leader = None
+        self._votes = {self.id}
+        self._elapsed = 0
+        self._timeout = self._random_timeout()
+        if self._has_quorum(self._votes):
+            self._campaign()
+            return
+        request = VoteRequest(
+            self.term + 1, self.id, self.log.last_index, self.log.last_term, pre_vote=True
+        )
+        for peer in self.peers:
+            self._messages.append((peer, request))
+
+    def _campaign(self, transfer: bool = False) -> None:
         self.term += 1
         self.vote = self.id
         self._hard_dirty = True
@@ -273,7 +362,9 @@ class Replica:
         if self._has_quorum(self._votes):
             self._become_leader()
             return
-        request = VoteRequest(self.term, self.id, self.log.last_index, self.log.last_term)
+        request = VoteRequest(
+            self.term, self.id, self.log.last_index, self.log.last_term, transfer=transfer
+        )
         for peer in self.peers:
             self._messages.append((peer, request))
 
@@ -281,6 +372,7 @@ class Replica:
         self.role = Role.LEADER
         self.leader = self.id
         self._elapsed = 0
+        self._quorum_elapsed = 0
         last = self.log.last_index
         self._progress = {peer: _Progress(match=0, next=last + 1) for peer in self.peers}
         # Entries of earlier terms commit only once an entry of ours does (Raft §5.4.2).
@@ -294,12 +386,15 @@ class Replica:
 
     def _on_vote_request(self, msg: VoteRequest) -> None:
         up_to_date = (msg.last_term, msg.last_index) >= (self.log.last_term, self.log.last_index)
-        granted = (
-            msg.term == self.term
-            and self.vote in (None, msg.sender)
-            and up_to_date
-            and self.role is not Role.LEADER
-        )
+        # One vote per term; none for a term in which we already follow a leader.
+        free = self.vote == msg.sender or (self.vote is None and self.leader is None)
+        if msg.pre_vote:
+            # Only a question: grant for a future term, never change our own state.
+            granted = up_to_date and (msg.term > self.term or (msg.term == self.term and free))
+            reply_term = msg.term if granted else self.term
+            self._messages.append((msg.sender, VoteReply(reply_term, self.id, granted, True)))
+            return
+        granted = msg.term == self.term and free and up_to_date
         if granted:
             if self.vote != msg.sender:
                 self.vote = msg.sender
@@ -308,6 +403,12 @@ class Replica:
         self._messages.append((msg.sender, VoteReply(self.term, self.id, granted)))
 
     def _on_vote_reply(self, msg: VoteReply) -> None:
+        if msg.pre_vote:
+            if self.role is Role.PRE_CANDIDATE and msg.granted and msg.term == self.term + 1:
+                self._votes.add(msg.sender)
+                if self._has_quorum(self._votes):
+                    self._campaign()
+            return
         if self.role is not Role.CANDIDATE or msg.term != self.term or not msg.granted:
             return
         self._votes.add(msg.sender)
@@ -366,6 +467,7 @@ class Replica:
         if self.role is not Role.LEADER or msg.term != self.term:
             return
         progress = self._progress[msg.sender]
+        progress.recent_active = True
         if msg.success:
             if msg.index > progress.match:
                 progress.match = msg.index
@@ -384,6 +486,8 @@ class Replica:
             progress.inflight_ticks = 0
             if progress.next <= self.log.last_index:
                 self._send_append(msg.sender)
+        if msg.sender == self.transferee:
+            self._advance_transfer()
 
     def _broadcast(self, heartbeat: bool) -> None:
         for peer in self.peers:

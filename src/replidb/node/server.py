@@ -30,6 +30,7 @@ from replidb.core import (
     VoteReply,
     VoteRequest,
 )
+from replidb.core.messages import TimeoutNow
 from replidb.core.policy import guarantee
 from replidb.errors import (
     Error,
@@ -252,7 +253,7 @@ class Node:
         if peer not in self.links:
             raise ProtocolError(f"hello from {peer!r}, which is not a member of this cluster")
         while (message := await read_message(reader, self.config.max_frame)) is not None:
-            if isinstance(message, VoteRequest | VoteReply | Append | AppendReply):
+            if isinstance(message, VoteRequest | VoteReply | Append | AppendReply | TimeoutNow):
                 if message.sender != peer:
                     raise ProtocolError(f"{peer} sent a message signed {message.sender}")
                 self.replica.step(message)
@@ -275,6 +276,8 @@ class Node:
                 self._spawn(self._answer(message, writer))
             elif isinstance(message, wire.StatusRequest):
                 writer.write(frame(wire.StatusReply(message.id, self.status())))
+            elif isinstance(message, wire.TransferLeader):
+                self._spawn(self._answer_transfer(message, writer))
             else:
                 raise ProtocolError(f"a client sent {type(message).__name__}")
             message = await read_message(reader, self.config.max_frame)
@@ -283,6 +286,49 @@ class Node:
         reply = await self.execute(request)
         if not writer.is_closing():
             writer.write(frame(reply))
+
+    async def _answer_transfer(
+        self, request: wire.TransferLeader, writer: asyncio.StreamWriter
+    ) -> None:
+        reply = await self.transfer_leadership(request)
+        if not writer.is_closing():
+            writer.write(frame(reply))
+
+    async def transfer_leadership(self, request: wire.TransferLeader) -> wire.TransferReply:
+        """Planned switchover: the core stops taking writes, catches the target up and
+        tells it to campaign; we answer once it leads (or the transfer is abandoned)."""
+        replica = self.replica
+        if replica.role is not Role.LEADER:
+            leader = replica.leader
+            return wire.TransferReply(
+                request.id,
+                leader,
+                NotLeader.kind,
+                f"{self.id} is not the leader",
+                self.config.peers.get(leader or ""),
+            )
+        if request.target == self.id:
+            return wire.TransferReply(request.id, self.id)
+        try:
+            replica.transfer_leadership(request.target)
+        except ValueError as exc:
+            return wire.TransferReply(request.id, self.id, "bad_request", str(exc))
+        log.info("transferring leadership to %s", request.target)
+        self._drive()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.config.election_timeout_ms / 1000 + 1
+        while loop.time() < deadline:
+            if replica.role is not Role.LEADER and replica.leader is not None:
+                return wire.TransferReply(request.id, replica.leader)
+            if replica.role is Role.LEADER and replica.transferee is None:
+                break  # abandoned by the core: the target did not take over in time
+            await asyncio.sleep(self.config.tick_ms / 1000)
+        return wire.TransferReply(
+            request.id,
+            replica.leader,
+            Unavailable.kind,
+            f"{request.target} did not take over within an election timeout; {self.id} still leads",
+        )
 
     async def _serve_forward(self, forward: wire.Forward) -> None:
         reply = await self.execute(forward.request, allow_forward=False)

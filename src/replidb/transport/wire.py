@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from replidb.core.messages import Append, AppendReply, VoteReply, VoteRequest
+from replidb.core.messages import Append, AppendReply, TimeoutNow, VoteReply, VoteRequest
 
 __all__ = [
     "Execute",
@@ -25,6 +25,8 @@ __all__ = [
     "StatementResult",
     "StatusReply",
     "StatusRequest",
+    "TransferLeader",
+    "TransferReply",
     "decode",
     "encode",
 ]
@@ -119,6 +121,21 @@ class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):
     status: NodeStatus
 
 
+class TransferLeader(msgspec.Struct, frozen=True, tag="transfer_leader"):
+    """Ask the leader to hand leadership to ``target`` (a planned switchover)."""
+
+    id: int
+    target: str
+
+
+class TransferReply(msgspec.Struct, frozen=True, tag="transfer_reply"):
+    id: int
+    leader: str | None = None  # who leads once the transfer ended
+    error_kind: str | None = None
+    error: str | None = None
+    leader_address: str | None = None
+
+
 Message = (
     Hello
     | Execute
@@ -127,6 +144,9 @@ Message = (
     | ForwardReply
     | StatusRequest
     | StatusReply
+    | TransferLeader
+    | TransferReply
+    | TimeoutNow
     | VoteRequest
     | VoteReply
     | Append

@@ -1,0 +1,42 @@
+"""``replidb transfer-leader``: a planned switchover."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from replidb.client.admin import transfer_leader
+from replidb.errors import Error
+
+__all__ = ["transfer_leader_command"]
+
+
+@click.command("transfer-leader")
+@click.option(
+    "--connect",
+    "addresses",
+    required=True,
+    envvar="REPLIDB_CONNECT",
+    metavar="HOST:PORT[,...]",
+    help="Any member(s) of the cluster.",
+)
+@click.option("--to", "target", required=True, help="The node id that should lead.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
+def transfer_leader_command(addresses: str, target: str, timeout: float) -> None:
+    """Hand leadership to another node without losing a write.
+
+    Example:
+
+    \b
+        replidb transfer-leader --connect 127.0.0.1:7101 --to n2
+    """
+    started = time.monotonic()
+    try:
+        old, new = transfer_leader(addresses, target, timeout)
+    except Error as exc:
+        click.echo("error: " + " ".join(str(exc).split()), err=True)
+        sys.exit(1)
+    took = time.monotonic() - started
+    click.echo(f"leadership moved from {old} to {new} in {took:.2f}s")

@@ -1,0 +1,146 @@
+"""Election hardening in the pure core: pre-vote, check-quorum, leader lease, transfer."""
+
+from __future__ import annotations
+
+from replidb.core import Role, VoteReply, VoteRequest
+from replidb.core.messages import TimeoutNow
+from test_core import ELECTION, IDS, Node, deliver, to
+
+
+def cluster(**options: bool) -> dict[str, Node]:
+    return {
+        node: Node(node, seed=i, pre_vote=True, check_quorum=True, **options)
+        for i, node in enumerate(IDS)
+    }
+
+
+def elect(nodes: dict[str, Node], node: str) -> None:
+    """Tick ``node`` until its election timer fires, delivering everything perfectly."""
+    for _ in range(3 * ELECTION):
+        deliver(nodes, nodes[node].tick())
+        if nodes[node].replica.role is Role.LEADER:
+            return
+    raise AssertionError(f"{node} did not become leader")
+
+
+def heartbeat(nodes: dict[str, Node], leader: str, times: int = 1) -> None:
+    for _ in range(times):
+        deliver(nodes, nodes[leader].tick())
+
+
+def test_pre_vote_comes_first_and_changes_no_term() -> None:
+    nodes = cluster()
+    out: list[tuple[str, object]] = []
+    for _ in range(3 * ELECTION):
+        out = nodes["n1"].tick()  # type: ignore[assignment]
+        if nodes["n1"].replica.role is not Role.FOLLOWER:
+            break
+    assert nodes["n1"].replica.role is Role.PRE_CANDIDATE
+    assert nodes["n1"].replica.term == 0  # not raised yet
+    requests = [m for _, m in out if isinstance(m, VoteRequest)]
+    assert requests and all(m.pre_vote and m.term == 1 for m in requests)
+    reply = nodes["n2"].step(requests[0])
+    assert nodes["n2"].replica.term == 0 and nodes["n2"].replica.vote is None
+    assert to("n1", reply) == [VoteReply(1, "n2", True, pre_vote=True)]
+    nodes["n1"].step(to("n1", reply)[0])  # a majority would vote: now campaign for real
+    assert nodes["n1"].replica.role is Role.CANDIDATE and nodes["n1"].replica.term == 1
+
+
+def test_a_node_back_from_a_partition_cannot_depose_a_healthy_leader() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    term = nodes["n1"].replica.term
+
+    def among(allowed: set[str], out: list[tuple[str, object]], sender: str) -> None:
+        deliver(nodes, [(d, m) for d, m in out if {d, sender} <= allowed])  # type: ignore[misc]
+
+    # n3 is cut off: its timer fires again and again while n1 and n2 carry on.
+    for _ in range(5 * ELECTION):
+        nodes["n3"].tick()
+        among({"n1", "n2"}, nodes["n1"].tick(), "n1")
+        among({"n1", "n2"}, nodes["n2"].tick(), "n2")
+    assert nodes["n3"].replica.role is Role.PRE_CANDIDATE
+    assert nodes["n3"].replica.term == term  # pre-votes never raised it
+    # Healed: n3's next pre-vote is refused (n1 and n2 hear from their leader), and
+    # n1's heartbeat brings n3 back as a follower, in the same term.
+    everyone = set(IDS)
+    for _ in range(3 * ELECTION):
+        among(everyone, nodes["n3"].tick(), "n3")
+        among(everyone, nodes["n1"].tick(), "n1")
+        among(everyone, nodes["n2"].tick(), "n2")
+    assert [nodes[n].replica.term for n in IDS] == [term] * 3
+    assert nodes["n1"].replica.role is Role.LEADER
+    assert nodes["n3"].replica.leader == "n1"
+
+
+def test_a_leader_cut_off_from_the_majority_steps_down() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1", 2)
+    leader = nodes["n1"]
+    for _ in range(2 * ELECTION + 1):
+        leader.tick()  # its heartbeats and their replies are all lost
+    assert leader.replica.role is Role.FOLLOWER
+    assert not leader.replica.can_propose()
+
+
+def test_a_leader_that_hears_from_a_majority_stays() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    for _ in range(4 * ELECTION):
+        out = nodes["n1"].tick()
+        # n3 is down; n2 answers.
+        deliver(nodes, [(d, m) for d, m in out if d == "n2"])
+    assert nodes["n1"].replica.role is Role.LEADER
+
+
+def test_leader_lease_ignores_a_disruptive_vote_request() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    term = nodes["n2"].replica.term
+    out = nodes["n2"].step(VoteRequest(term + 5, "n3", 100, term + 4))
+    assert out == [] and nodes["n2"].replica.term == term
+
+
+def test_transfer_hands_leadership_to_the_target_without_losing_writes() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    written = nodes["n1"].propose(b"before transfer")
+    nodes["n1"].replica.transfer_leadership("n2")
+    assert not nodes["n1"].replica.can_propose()  # no writes while handing over
+    out = nodes["n1"].handle()
+    deliver(nodes, out)
+    heartbeat(nodes, "n1")  # whatever was still needed
+    assert nodes["n2"].replica.role is Role.LEADER
+    assert nodes["n1"].replica.role is Role.FOLLOWER
+    assert nodes["n2"].storage.term(written.index) == written.term
+
+
+def test_transfer_sends_timeout_now_only_once_the_target_is_caught_up() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    nodes["n1"].propose(b"n3 has not got this yet")
+    nodes["n1"].replica.transfer_leadership("n3")
+    out = nodes["n1"].handle()
+    assert not any(isinstance(m, TimeoutNow) for _, m in out)
+    replies = nodes["n3"].step(to("n3", out)[-1])
+    out = nodes["n1"].step(to("n1", replies)[0])
+    assert [m for _, m in out if isinstance(m, TimeoutNow)] == [
+        TimeoutNow(nodes["n1"].replica.term, "n1")
+    ]
+
+
+def test_an_unfinished_transfer_is_abandoned_after_an_election_timeout() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    nodes["n1"].replica.transfer_leadership("n3")
+    for _ in range(ELECTION):
+        out = nodes["n1"].tick()
+        deliver(nodes, [(d, m) for d, m in out if d == "n2"])  # n3 unreachable
+    assert nodes["n1"].replica.transferee is None
+    assert nodes["n1"].replica.can_propose()

@@ -79,6 +79,22 @@ def cluster_options(func: Any) -> Any:
             show_default=True,
             help="Commit policy: async, semi-sync:K, quorum or all.",
         ),
+        click.option(
+            "--on-sync-timeout",
+            default="block",
+            show_default=True,
+            type=click.Choice(["block", "degrade"]),
+            help="When sync acknowledgements are late: keep waiting (the client's deadline "
+            "answers 'outcome unknown'), or fall back to async visibly until followers "
+            "catch up.",
+        ),
+        click.option(
+            "--sync-timeout-ms",
+            default=2000,
+            show_default=True,
+            type=click.IntRange(1, 3_600_000),
+            help="How late is late, for --on-sync-timeout degrade.",
+        ),
         click.option("--tick-ms", default=50, show_default=True, type=click.IntRange(1, 10_000)),
         click.option(
             "--heartbeat-ms", default=100, show_default=True, type=click.IntRange(1, 60_000)
@@ -125,6 +141,8 @@ def serve(
     topology: str,
     stream: str,
     sync_policy: str,
+    on_sync_timeout: str,
+    sync_timeout_ms: int,
     tick_ms: int,
     heartbeat_ms: int,
     election_timeout_ms: int,
@@ -154,6 +172,8 @@ def serve(
         heartbeat_ms=heartbeat_ms,
         election_timeout_ms=election_timeout_ms,
         policy=parse_policy(sync_policy),
+        on_sync_timeout=on_sync_timeout,
+        sync_timeout_ms=sync_timeout_ms,
         seed=seed,
     )
     logging.basicConfig(

@@ -28,11 +28,13 @@ def run_sql(
     *,
     consistency: str = "any",
     timeout: float = 10.0,
+    sync: str = "",
 ) -> list[wire.StatementResult]:
     """Run ``sql_text`` (one or more statements) as ONE atomic request; its results.
 
-    The whole text travels as one Statement: the server runs it in one transaction."""
-    client = Client(addresses, timeout=timeout, consistency=consistency)
+    The whole text travels as one Statement: the server runs it in one transaction.
+    ``sync`` overrides the cluster's commit policy for this write."""
+    client = Client(addresses, timeout=timeout, consistency=consistency, sync=sync)
     try:
         return client.execute([wire.Statement(sql_text)], write=not is_read_only(sql_text))
     finally:
@@ -178,8 +180,20 @@ def shell(conn: Connection, *, as_json: bool = False) -> None:
     help="Read consistency: any, bounded:SECONDS, session, leader, linearizable.",
 )
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds, retries included.")
+@click.option(
+    "--sync",
+    "sync_policy",
+    default="",
+    metavar="POLICY",
+    help="Commit policy for these writes: async, semi-sync:K, quorum, all (default: cluster's).",
+)
 def sql(
-    addresses: str, command: str | None, as_json: bool, consistency: str, timeout: float
+    addresses: str,
+    command: str | None,
+    as_json: bool,
+    consistency: str,
+    timeout: float,
+    sync_policy: str,
 ) -> None:
     """Run SQL on a replidb cluster, or open an interactive shell without -c.
 
@@ -199,10 +213,19 @@ def sql(
     """
     try:
         if command is not None:
-            for result in run_sql(addresses, command, consistency=consistency, timeout=timeout):
+            results = run_sql(
+                addresses, command, consistency=consistency, timeout=timeout, sync=sync_policy
+            )
+            for result in results:
                 _print_result(result.columns, result.rows, result.rowcount, as_json)
             return
-        conn = connect(addresses, consistency=consistency, timeout=timeout, autocommit=True)
+        conn = connect(
+            addresses,
+            consistency=consistency,
+            timeout=timeout,
+            autocommit=True,
+            sync=sync_policy or None,
+        )
     except Error as exc:
         _fail(str(exc))
         sys.exit(1)

@@ -103,6 +103,8 @@ def cluster_status(
         "leader": leader,
         "policy": about.policy,
         "durability": about.durability,
+        "degraded": about.degraded,
+        "degradations": about.degradations,
     }
 
 
@@ -139,6 +141,11 @@ def _render(report: dict[str, Any]) -> None:
         address = next((n["address"] for n in report["nodes"] if n["id"] == leader), "?")
         console.print(f"leader: {leader} ({address})")
     console.print(f"commit policy: {report['policy']} — {report['durability']}")
+    if report["degraded"]:
+        console.print(
+            f"[red]DEGRADED[/red]: sync acknowledgements timed out; acknowledging as async "
+            f"until followers catch up ({report['degradations']} degradation(s) so far)"
+        )
 
 
 @click.command("status")

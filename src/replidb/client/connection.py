@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from replidb.client.transport import Client
+from replidb.client.transport import Client, check_sync
 from replidb.errors import InterfaceError, ProtocolError, SQLError
 from replidb.transport import wire
 
@@ -227,6 +227,15 @@ class Connection:
         self._autocommit = bool(value)
 
     @property
+    def sync(self) -> str:
+        """This connection's commit policy for writes ("" = the cluster's default)."""
+        return self.client.sync
+
+    @sync.setter
+    def sync(self, policy: str | None) -> None:
+        self.client.sync = check_sync(policy or "")
+
+    @property
     def in_transaction(self) -> bool:
         """True while writes are buffered, waiting for commit()."""
         return bool(self._pending) or self._explicit
@@ -335,10 +344,13 @@ def connect(
     consistency: str = "any",
     timeout: float = 10.0,
     autocommit: bool = False,
+    sync: str | None = None,
 ) -> Connection:
     """Connect to a replidb cluster. ``addresses``: ``"h1:p1,h2:p2"`` or a list.
 
+    ``sync`` overrides the cluster's commit policy for this connection's writes
+    (``async``, ``semi-sync:K``, ``quorum``, ``all``), like PostgreSQL's
+    ``synchronous_commit``; set ``conn.sync`` to change it for later transactions.
     Nothing is sent yet: the first request goes to the first reachable address."""
-    return Connection(
-        Client(addresses, timeout=timeout, consistency=consistency), autocommit=autocommit
-    )
+    client = Client(addresses, timeout=timeout, consistency=consistency, sync=sync or "")
+    return Connection(client, autocommit=autocommit)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from replidb.core.policy import parse_policy
 from replidb.errors import (
     BadRequest,
     Error,
@@ -33,6 +34,7 @@ __all__ = [
     "Client",
     "LinkError",
     "check_consistency",
+    "check_sync",
     "parse_address",
     "parse_addresses",
     "probe_status",
@@ -91,6 +93,16 @@ def check_consistency(level: str) -> str:
     raise InterfaceError(
         f"bad consistency {level!r}: expected any, bounded:SECONDS, session, leader or linearizable"
     )
+
+
+def check_sync(policy: str) -> str:
+    """Validate a per-transaction commit policy ("" means the cluster's default)."""
+    if not policy:
+        return ""
+    try:
+        return str(parse_policy(policy))
+    except ValueError as exc:
+        raise InterfaceError(f"bad sync policy: {exc}") from None
 
 
 class Channel:
@@ -199,10 +211,13 @@ class Client:
         timeout: float = 10.0,
         consistency: str = "any",
         client_id: str | None = None,
+        sync: str = "",
     ) -> None:
         self.addresses = parse_addresses(addresses)
         self.timeout = float(timeout)
         self.consistency = check_consistency(consistency)
+        self.sync = check_sync(sync)
+        self.max_term = 0  # the newest leader term seen: a staler leader refuses our writes
         self.client_id = client_id or uuid.uuid4().hex
         self.last_address: str | None = None  # the node that answered last
         self._seq = 0
@@ -256,6 +271,8 @@ class Client:
             seq=seq if exactly_once and seq is not None else 0,
             dry_run=dry_run,
             consistency=self.consistency,
+            sync=self.sync if exactly_once else "",
+            term=self.max_term,
         )
         reply = self._call(request, to_leader=write or dry_run, write=exactly_once, timeout=timeout)
         if not isinstance(reply, wire.ExecuteReply):  # _call checked; this informs mypy
@@ -336,6 +353,8 @@ class Client:
                     self._drop(address)
                     raise ProtocolError(f"{address}: unexpected reply {type(reply).__name__}")
                 if not isinstance(reply, wire.ExecuteReply) or reply.error_kind is None:
+                    if isinstance(reply, wire.ExecuteReply):
+                        self.max_term = max(self.max_term, reply.term)
                     self.last_address = address
                     if not from_hint:
                         self._current = index

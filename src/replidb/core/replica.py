@@ -546,8 +546,13 @@ class Replica:
         return self.commit_index
 
     def _compute_acked(self) -> int:
+        return self.acked_for(self.config.policy)
+
+    def acked_for(self, policy: CommitPolicy) -> int:
+        """The highest index ``policy`` lets this leader acknowledge now (0 if not leader).
+        Writes may each carry their own policy; ``Ready.acked_index`` is the default's."""
         if self.role is not Role.LEADER:
             return 0
         durable = min(self.log.stable_last, self.applied_index)
         follower_match = [self._progress[p].match for p in self.peers]
-        return self.config.policy.acked_index(durable, self.commit_index, follower_match)
+        return policy.acked_index(durable, self.commit_index, follower_match)

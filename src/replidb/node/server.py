@@ -31,8 +31,9 @@ from replidb.core import (
     VoteRequest,
 )
 from replidb.core.messages import TimeoutNow
-from replidb.core.policy import guarantee
+from replidb.core.policy import guarantee, parse_policy
 from replidb.errors import (
+    BadRequest,
     Error,
     InternalError,
     NotLeader,
@@ -41,6 +42,7 @@ from replidb.errors import (
     SQLError,
     Unavailable,
 )
+from replidb.node.acks import AckTracker
 from replidb.node.progress import CatchUpReporter
 from replidb.storage import NeedsWrite, SQLiteStore
 from replidb.transport import wire
@@ -62,6 +64,8 @@ class NodeConfig:
     heartbeat_ms: int = 100
     election_timeout_ms: int = 1000
     policy: CommitPolicy = field(default_factory=lambda: CommitPolicy("async"))
+    on_sync_timeout: str = "block"  # or "degrade": fall back to async, visibly
+    sync_timeout_ms: int = 2000
     max_frame: int = DEFAULT_MAX_FRAME
     request_timeout_s: float = 5.0
     seed: int | None = None
@@ -74,6 +78,16 @@ class NodeConfig:
             heartbeat_ticks=max(1, self.heartbeat_ms // self.tick_ms),
             policy=self.policy,
         )
+
+
+def _parse_sync(text: str) -> CommitPolicy | None:
+    """A transaction's own commit policy, if it names one."""
+    if not text:
+        return None
+    try:
+        return parse_policy(text)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class Node:
@@ -94,7 +108,9 @@ class Node:
             peer: PeerLink(self.id, peer, address, on_change=self._on_link_change)
             for peer, address in sorted(config.peers.items())
         }
-        self._pending: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        self.acks = AckTracker(
+            config.policy, config.on_sync_timeout, config.sync_timeout_ms / 1000, log
+        )
         # forward id -> (the leader it went to, the reply to come)
         self._forwards: dict[int, tuple[str, asyncio.Future[wire.ExecuteReply]]] = {}
         self._ids = itertools.count(1)
@@ -140,7 +156,7 @@ class Node:
                 await task
         for link in self.links.values():
             await link.stop()
-        self._fail_pending("the node is shutting down")
+        self.acks.fail_all("the node is shutting down")
         self.store.close()
         log.info("stopped")
 
@@ -165,6 +181,7 @@ class Node:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             self.replica.tick()
             self._drive()
+            self.acks.check(self.replica, time.monotonic())
 
     def _drive(self) -> None:
         """Handle Ready batches: persist, send, apply, acknowledge, then advance."""
@@ -188,27 +205,18 @@ class Node:
                 if ready.committed:
                     self.store.apply(ready.committed)
                     self._catch_up.applied(ready.committed[-1].index, replica.leader_commit)
-                self._acknowledge(ready.acked_index)
                 for event in ready.events:
                     self._on_role_changed(event)
                 replica.advance(ready)
+            self.acks.check(replica, time.monotonic())
         except Exception as exc:  # storage failed or diverged: stop rather than serve wrong data
             self._fatal(exc)
-
-    def _acknowledge(self, acked: int) -> None:
-        for index in sorted(i for i in self._pending if i <= acked):
-            term, future = self._pending.pop(index)
-            if not future.done():
-                if term == self.replica.term:
-                    future.set_result(None)
-                else:
-                    future.set_exception(OutcomeUnknown("leadership changed during the write"))
 
     def _on_role_changed(self, event: RoleChanged) -> None:
         leader = event.leader or "unknown"
         log.info("role %s, term %d, leader %s", event.role.value, event.term, leader)
         if event.role is not Role.LEADER:
-            self._fail_pending(f"this node lost leadership (term {event.term})")
+            self.acks.fail_all(f"this node lost leadership (term {event.term})")
         # Writes forwarded to a leader we no longer follow may or may not have landed;
         # say so now (the client retries them exactly-once) instead of at the deadline.
         for leader, future in self._forwards.values():
@@ -216,12 +224,6 @@ class Node:
                 future.set_exception(
                     OutcomeUnknown(f"leader {leader} was replaced while it had the write")
                 )
-
-    def _fail_pending(self, why: str) -> None:
-        pending, self._pending = self._pending, {}
-        for _, future in pending.values():
-            if not future.done():
-                future.set_exception(OutcomeUnknown(f"write not acknowledged: {why}"))
 
     def _on_link_change(self, peer: str, connected: bool) -> None:
         log.info("peer %s %s", peer, "regained" if connected else "lost")
@@ -344,7 +346,9 @@ class Node:
             if not request.dry_run:
                 try:
                     results = self.store.execute_read(request.statements)
-                    return wire.ExecuteReply(request.id, results, node=self.id)
+                    return wire.ExecuteReply(
+                        request.id, results, node=self.id, term=self.replica.term
+                    )
                 except NeedsWrite:
                     pass
                 except SQLError:
@@ -384,23 +388,33 @@ class Node:
                 raise Unavailable("no leader elected yet; retry shortly")
             await asyncio.sleep(self.config.tick_ms / 1000)
         term, index = self.replica.term, self.replica.next_index()
+        if request.term > term:
+            # Fencing: the client has already seen a newer leader than us.
+            raise NotLeader(
+                f"{self.id} is at term {term} but the client has seen term {request.term}"
+            )
+        policy = _parse_sync(request.sync)
         outcome = self.store.execute_write(
             request.statements, term, index, request.client_id, request.seq, request.dry_run
         )
-        if outcome.data is None:
-            return wire.ExecuteReply(request.id, outcome.results, node=self.id)
-        entry = self.replica.propose_applied(outcome.data)
-        if entry.index != index:
-            raise InternalError(f"log position moved from {index} to {entry.index}")
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending[index] = (term, future)
+        if outcome.duplicate:
+            index = outcome.index  # a retry: answer once the original is acknowledged
+        elif outcome.data is None:
+            return wire.ExecuteReply(request.id, outcome.results, node=self.id, term=term)
+        else:
+            entry = self.replica.propose_applied(outcome.data)
+            if entry.index != index:
+                raise InternalError(f"log position moved from {index} to {entry.index}")
+        future = self.acks.wait_for(index, term, policy, time.monotonic())
         self._drive()
+        self.acks.check(self.replica, time.monotonic())
         try:
             await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            self._pending.pop(index, None)
+            self.acks.forget(future)
             raise OutcomeUnknown(
-                f"write at index {index} not acknowledged within {self.config.request_timeout_s}s"
+                f"write at index {index} not acknowledged under {policy or self.config.policy} "
+                f"within {self.config.request_timeout_s}s"
             ) from None
         return wire.ExecuteReply(request.id, outcome.results, node=self.id, index=index, term=term)
 
@@ -453,6 +467,8 @@ class Node:
             peers=dict(sorted(self.config.peers.items())),
             policy=str(self.config.policy),
             durability=self.durability,
+            degraded=self.acks.degraded,
+            degradations=self.acks.degradations,
             discarded=self.store.discarded_count(),
             uptime_s=round(time.monotonic() - self._started, 3),
             peers_connected=sorted(p for p, link in self.links.items() if link.connected),

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS replidb_discarded(
     id INTEGER PRIMARY KEY, term INTEGER NOT NULL, idx INTEGER NOT NULL,
     changes BLOB NOT NULL, discarded_at TEXT NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS replidb_client_sessions(
-    client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, result BLOB NOT NULL);
+    client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, result BLOB NOT NULL,
+    idx INTEGER NOT NULL);
 """
 _CREATE_RE = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
@@ -62,6 +63,7 @@ class WriteOutcome(msgspec.Struct, frozen=True):
     results: list[StatementResult]
     data: bytes | None  # the log record to propose; None if nothing changed
     duplicate: bool = False  # a retried write that was already applied
+    index: int = 0  # for a duplicate: the log index of the original
 
 
 class SQLiteStore:
@@ -247,17 +249,17 @@ class SQLiteStore:
             if client_id and not dry_run:
                 previous = self._previous_result(client_id, seq)
                 if previous is not None:
-                    return WriteOutcome(previous, None, duplicate=True)
+                    return WriteOutcome(previous[0], None, duplicate=True, index=previous[1])
 
             def remember(results: list[StatementResult]) -> None:
                 # Inside the capture, so the session row travels with the record and a
                 # retry is recognised on whichever node leads next.
                 if client_id and not dry_run:
                     conn.execute(
-                        "INSERT INTO replidb_client_sessions(client_id, seq, result) "
-                        "VALUES(?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET "
-                        "seq=excluded.seq, result=excluded.result",
-                        (client_id, seq, _results_encoder.encode(results)),
+                        "INSERT INTO replidb_client_sessions(client_id, seq, result, idx) "
+                        "VALUES(?, ?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET "
+                        "seq=excluded.seq, result=excluded.result, idx=excluded.idx",
+                        (client_id, seq, _results_encoder.encode(results), index),
                     )
 
             results, segments = capture_changes(conn, statements, self._writer_guard, remember)
@@ -281,14 +283,17 @@ class SQLiteStore:
             if not committed:
                 conn.execute("ROLLBACK")
 
-    def _previous_result(self, client_id: str, seq: int) -> list[StatementResult] | None:
+    def _previous_result(
+        self, client_id: str, seq: int
+    ) -> tuple[list[StatementResult], int] | None:
         row = self.writer.execute(
-            "SELECT seq, result FROM replidb_client_sessions WHERE client_id=?", (client_id,)
+            "SELECT seq, result, idx FROM replidb_client_sessions WHERE client_id=?",
+            (client_id,),
         ).fetchone()
         if row is None or seq > row[0]:
             return None
         if seq == row[0]:
-            return _results_decoder.decode(row[1])
+            return _results_decoder.decode(row[1]), int(row[2])
         raise BadRequest(f"write {seq} of client {client_id} is older than its last ({row[0]})")
 
     # ---- helpers ---------------------------------------------------------------

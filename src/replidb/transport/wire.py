@@ -58,6 +58,8 @@ class Execute(msgspec.Struct, frozen=True, tag="execute"):
     seq: int = 0
     dry_run: bool = False
     consistency: str = "any"
+    sync: str = ""  # this transaction's commit policy; "" = the cluster's
+    term: int = 0  # the highest term this client has seen (fencing of stale leaders)
 
 
 class StatementResult(msgspec.Struct, frozen=True, array_like=True):
@@ -114,6 +116,8 @@ class NodeStatus(msgspec.Struct, frozen=True):
     match_index: dict[str, int] = {}  # leader only: what each follower holds
     durability: str = ""  # does the commit policy survive failover here, and why
     discarded: int = 0  # transactions this node rolled back, kept in replidb_discarded
+    degraded: bool = False  # sync acknowledgements timed out: acknowledging as async
+    degradations: int = 0
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):

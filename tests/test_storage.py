@@ -88,6 +88,13 @@ def test_truncating_applied_entries_rolls_them_back_and_keeps_them(
     assert leader.applied_index() == 2
     assert leader.discarded_count() == 2
     assert _rows(leader, "SELECT idx, term FROM replidb_discarded ORDER BY idx") == [[3, 1], [4, 1]]
+    # What was discarded is queryable: which rows, in which table, before and after.
+    described = _rows(
+        leader,
+        "SELECT j.value ->> 'op', j.value ->> 'new' FROM replidb_discarded, "
+        "json_each(replidb_discarded.changes) AS j WHERE idx = 3 ORDER BY j.key",
+    )
+    assert sorted(described) == [["INSERT", '[2,"changed"]'], ["UPDATE", '[null,"changed"]']]
     assert leader.last_index() == 3 and leader.term(3) == 2
 
 

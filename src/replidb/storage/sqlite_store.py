@@ -17,6 +17,7 @@ commit); applies use ``NORMAL`` because the log can always redo them.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from replidb.storage.executor import (
 from replidb.stream.logical import DDL, Changes, WriteRecord, decode_record, encode_record
 from replidb.transport.wire import Statement, StatementResult
 
-__all__ = ["SQLiteStore", "WriteOutcome"]
+__all__ = ["SQLiteStore", "WriteOutcome", "describe_record"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replidb_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS replidb_log(
     idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS replidb_discarded(
     id INTEGER PRIMARY KEY, term INTEGER NOT NULL, idx INTEGER NOT NULL,
-    changes BLOB NOT NULL, discarded_at TEXT NOT NULL, reason TEXT NOT NULL);
+    changes TEXT NOT NULL, record BLOB NOT NULL, discarded_at TEXT NOT NULL,
+    reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS replidb_client_sessions(
     client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, result BLOB NOT NULL,
     idx INTEGER NOT NULL);
@@ -190,11 +192,20 @@ class SQLiteStore:
             for idx, term, kind, data in rows:
                 if kind == EntryKind.WRITE:
                     assert isinstance(data, bytes)
-                    self._undo_record(decode_record(data))
+                    record = decode_record(data)
+                    self._undo_record(record)
                     self.writer.execute(
-                        "INSERT INTO replidb_discarded(term, idx, changes, discarded_at, reason) "
-                        "VALUES(?, ?, ?, ?, ?)",
-                        (term, idx, data, now, "not in the new leader's log"),
+                        "INSERT INTO replidb_discarded"
+                        "(term, idx, changes, record, discarded_at, reason) "
+                        "VALUES(?, ?, ?, ?, ?, ?)",
+                        (
+                            term,
+                            idx,
+                            describe_record(record),
+                            data,
+                            now,
+                            "not in the new leader's log",
+                        ),
                     )
             self._set_meta("applied_index", index - 1)
         self.writer.execute("DELETE FROM replidb_log WHERE idx >= ?", (index,))
@@ -323,6 +334,38 @@ class _Txn:
             return
         if isinstance(exc, apsw.Error) and not isinstance(exc, Error):
             raise InternalError(f"storage failure: {exc}") from exc
+
+
+def describe_record(record: WriteRecord) -> str:
+    """A logical record as JSON a user can query with SQLite's JSON functions:
+    ``[{"table": "t", "op": "INSERT", "old": null, "new": [1, "x"]}, {"ddl": "..."}]``.
+    Blobs appear as ``{"hex": "..."}``; columns an UPDATE left alone as ``null``."""
+    out: list[dict[str, Any]] = []
+    for segment in record.segments:
+        if isinstance(segment, DDL):
+            out.append({"ddl": segment.sql})
+            continue
+        for change in apsw.Changeset.iter(segment.changeset):
+            if change.name == "replidb_client_sessions":
+                continue  # bookkeeping, not the user's data
+            out.append(
+                {
+                    "table": change.name,
+                    "op": change.op,
+                    "old": _json_values(change.old),
+                    "new": _json_values(change.new),
+                }
+            )
+    return json.dumps(out, separators=(",", ":"))
+
+
+def _json_values(values: Any) -> list[Any] | None:
+    if values is None:
+        return None
+    return [
+        {"hex": v.hex()} if isinstance(v, bytes) else (None if v is apsw.no_change else v)
+        for v in values
+    ]
 
 
 def _only_sessions(changeset: bytes) -> bool:

@@ -85,7 +85,17 @@ class LocalCluster:
         proc.send_signal(sig)
         proc.wait(10)
 
+    def pause(self, node: str) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing (a stalled host)."""
+        self.procs[node].send_signal(signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        self.procs[node].send_signal(signal.SIGCONT)
+
     def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -134,7 +144,7 @@ class LocalCluster:
         return hashlib.sha256(repr(rows).encode()).hexdigest()
 
     def wait_converged(
-        self, table: str, nodes: list[str] | None = None, timeout: float = 20.0
+        self, table: str, nodes: list[str] | None = None, timeout: float = 20.0, key: str = "id"
     ) -> str:
         """Wait until every node's table checksum is the same; return it."""
         deadline = time.monotonic() + timeout
@@ -143,7 +153,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for node in nodes:
                 try:
-                    sums[node] = self.checksum(node, table)
+                    sums[node] = self.checksum(node, table, key)
                 except Error:
                     sums[node] = None
             if len(set(sums.values())) == 1 and None not in sums.values():

@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit sim clean
+.PHONY: demo test lint typecheck unit sim clean netns-tools
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed
+# iproute2 + iptables for the network-namespace partition tests (root only; never fails:
+# without them those tests skip and say why).
+netns-tools:
+	@bash scripts/install-netns-tools.sh
+
+unit: $(BIN)/.installed netns-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck unit

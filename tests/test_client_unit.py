@@ -367,6 +367,28 @@ def test_silent_node_times_out_write_unknown_read_unavailable(
     client.close()
 
 
+def test_a_hung_node_is_abandoned_after_the_attempt_timeout(
+    fake: Callable[..., FakeNode],
+) -> None:
+    """A stopped process keeps its connections open: do not wait out the whole budget."""
+    never = threading.Event()
+
+    def hang(node: FakeNode, message: wire.Message) -> wire.Message | None:
+        never.wait(5)
+        return None
+
+    hung, healthy = fake(hang), fake()
+    client = Client([hung.address, healthy.address], timeout=10.0, attempt_timeout=0.3)
+    started = time.monotonic()
+    client.execute([wire.Statement("INSERT INTO t VALUES (1)")], write=True)
+    assert time.monotonic() - started < 2.0
+    # The retry on the healthy node kept the write's identity: exactly-once.
+    assert hung.executes[0].seq == healthy.executes[0].seq
+    assert hung.executes[0].client_id == healthy.executes[0].client_id
+    never.set()
+    client.close()
+
+
 def test_unreachable_cluster_is_unavailable_not_unknown(fake: Callable[..., FakeNode]) -> None:
     conn = connect([dead_address(), dead_address()], timeout=0.3)
     conn.execute("INSERT INTO t VALUES (1)")

@@ -144,3 +144,36 @@ def test_an_unfinished_transfer_is_abandoned_after_an_election_timeout() -> None
         deliver(nodes, [(d, m) for d, m in out if d == "n2"])  # n3 unreachable
     assert nodes["n1"].replica.transferee is None
     assert nodes["n1"].replica.can_propose()
+
+
+def test_a_closed_leader_connection_brings_the_election_forward() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    # n1 dies; both followers see its connection close.
+    for node in ("n2", "n3"):
+        nodes[node].replica.leader_unreachable()
+    ticks = 0
+    while nodes["n2"].replica.role is Role.FOLLOWER and nodes["n3"].replica.role is Role.FOLLOWER:
+        ticks += 1
+        for node in ("n2", "n3"):
+            out = nodes[node].tick()
+            deliver(nodes, [(d, m) for d, m in out if d != "n1"])
+    assert ticks <= 1 + ELECTION // 4  # not a whole election timeout
+    for _ in range(ELECTION):
+        for node in ("n2", "n3"):
+            deliver(nodes, [(d, m) for d, m in nodes[node].tick() if d != "n1"])
+    assert {nodes["n2"].replica.role, nodes["n3"].replica.role} == {Role.LEADER, Role.FOLLOWER}
+
+
+def test_a_closed_connection_to_a_live_leader_causes_no_election() -> None:
+    nodes = cluster()
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    term = nodes["n1"].replica.term
+    nodes["n2"].replica.leader_unreachable()  # a spurious disconnect, n1 is fine
+    for _ in range(3 * ELECTION):
+        for node in IDS:
+            deliver(nodes, nodes[node].tick())
+    assert [nodes[n].replica.term for n in IDS] == [term] * 3
+    assert nodes["n1"].replica.role is Role.LEADER

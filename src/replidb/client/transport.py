@@ -49,9 +49,10 @@ _RETRYABLE = (NotLeader, Unavailable)
 class LinkError(Exception):
     """The socket failed. ``sent`` is True when the request may have reached the node."""
 
-    def __init__(self, message: str, *, sent: bool) -> None:
+    def __init__(self, message: str, *, sent: bool, timed_out: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
+        self.timed_out = timed_out  # the node may be hung: do not retry it at once
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -152,12 +153,16 @@ class Channel:
         while len(chunks) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LinkError(f"{self.address}: no reply before the deadline", sent=True)
+                raise LinkError(
+                    f"{self.address}: no reply before the deadline", sent=True, timed_out=True
+                )
             try:
                 self._sock.settimeout(remaining)
                 chunk = self._sock.recv(min(n - len(chunks), 1 << 20))
             except TimeoutError:
-                raise LinkError(f"{self.address}: no reply before the deadline", sent=True)
+                raise LinkError(
+                    f"{self.address}: no reply before the deadline", sent=True, timed_out=True
+                )
             except OSError as exc:
                 raise LinkError(f"{self.address}: connection lost: {_describe(exc)}", sent=True)
             if not chunk:
@@ -199,9 +204,10 @@ def probe_status(address: str, timeout: float) -> wire.NodeStatus:
 class Client:
     """Low-level client: sends requests to the first reachable node, retries by itself.
 
-    Retries (within ``timeout`` seconds, backoff 50 ms doubling to 500 ms) on connection
-    failures, ``unavailable`` and ``not_leader``. A write keeps its ``client_id``/``seq``
-    across attempts, so the leader applies it at most once.
+    Retries (within ``timeout`` seconds, backoff 50 ms doubling to 250 ms) on connection
+    failures, ``unavailable`` and ``not_leader``, and moves on from a node that has not
+    answered within ``attempt_timeout`` (default: a quarter of ``timeout``, at least 1 s).
+    A write keeps its ``client_id``/``seq`` across attempts, so it applies at most once.
     """
 
     def __init__(
@@ -212,9 +218,17 @@ class Client:
         consistency: str = "any",
         client_id: str | None = None,
         sync: str = "",
+        attempt_timeout: float | None = None,
     ) -> None:
         self.addresses = parse_addresses(addresses)
         self.timeout = float(timeout)
+        # One attempt may not use the whole budget: a hung node (stopped, or cut off
+        # with its connections open) must not keep us from trying the others.
+        self.attempt_timeout = (
+            float(attempt_timeout)
+            if attempt_timeout is not None
+            else min(self.timeout, max(1.0, self.timeout / 4))
+        )
         self.consistency = check_consistency(consistency)
         self.sync = check_sync(sync)
         self.max_term = 0  # the newest leader term seen: a staler leader refuses our writes
@@ -329,13 +343,14 @@ class Client:
             self._next_id += 1
             attempt = msgspec.structs.replace(request, id=self._next_id)
             reused = address in self._channels
+            attempt_deadline = min(deadline, time.monotonic() + self.attempt_timeout)
             try:
-                reply = self._channel(address, deadline).call(attempt, deadline)
+                reply = self._channel(address, attempt_deadline).call(attempt, attempt_deadline)
             except LinkError as exc:
                 self._drop(address)
                 maybe_applied = maybe_applied or (write and exc.sent)
                 last_error = str(exc)
-                if reused and time.monotonic() < deadline:
+                if reused and not exc.timed_out and time.monotonic() < deadline:
                     # Most likely the node closed an idle connection: reconnect to the
                     # same node at once rather than fail over (reads stick to it).
                     hint = address if from_hint else None
@@ -379,7 +394,7 @@ class Client:
             pause = min(backoff, deadline - time.monotonic())
             if pause > 0:
                 time.sleep(pause)
-            backoff = min(backoff * 2, 0.5)
+            backoff = min(backoff * 2, 0.25)
         if maybe_applied:
             raise OutcomeUnknown(
                 f"no reply within {budget:g}s; the write may or may not have been applied "

@@ -104,7 +104,7 @@ class _Progress:
     next: int = 1
     inflight: bool = False
     inflight_ticks: int = 0
-    recent_active: bool = False  # heard from since the last check-quorum round
+    idle_ticks: int = 0  # leader ticks since this follower last answered
 
 
 class Replica:
@@ -142,7 +142,6 @@ class Replica:
         # from that and rejected every later assignment (mypy --strict failed).
         self._reported: tuple[Role, int, str | None] = (self.role, self.term, self.leader)
         self._acked = 0
-        self._quorum_elapsed = 0  # leader: ticks since the last check-quorum round
         self.transferee: str | None = None  # leader: handing leadership to this node
         self._transfer_elapsed = 0
 
@@ -161,16 +160,17 @@ class Replica:
 
     def _tick_leader(self) -> None:
         self._elapsed += 1
-        self._quorum_elapsed += 1
         for progress in self._progress.values():
+            progress.idle_ticks += 1
             if progress.inflight:
                 progress.inflight_ticks += 1
-        if self._quorum_elapsed >= self.config.election_ticks:
-            self._quorum_elapsed = 0
-            active = {p for p, progress in self._progress.items() if progress.recent_active}
-            for progress in self._progress.values():
-                progress.recent_active = False
-            if self.config.check_quorum and not self._has_quorum(active | {self.id}):
+        if self.config.check_quorum:
+            # A sliding window: step down as soon as a majority has been silent for a
+            # whole election timeout (fixed rounds took up to two timeouts: found by
+            # tests/test_netns_partitions.py).
+            limit = self.config.election_ticks
+            active = {p for p, progress in self._progress.items() if progress.idle_ticks < limit}
+            if not self._has_quorum(active | {self.id}):
                 self._become_follower(self.term, None)  # cut off: stop taking writes
                 return
         if self.transferee is not None:
@@ -225,6 +225,17 @@ class Replica:
             self._messages.append((target, TimeoutNow(self.term, self.id)))
         elif not progress.inflight:
             self._send_append(target)
+
+    def leader_unreachable(self) -> None:
+        """The caller saw the connection to our leader close (its process died, most
+        likely): stop trusting the leader's lease and campaign within a quarter of an
+        election timeout instead of a whole one. Safe either way — elections are; if
+        the leader is in fact alive, the other voters still in its lease refuse us."""
+        if self.role is not Role.FOLLOWER or self.leader is None:
+            return
+        base = self.config.election_ticks
+        self._elapsed = base
+        self._timeout = base + 1 + self._rng.randrange(max(1, base // 4))
 
     def _in_lease(self) -> bool:
         """Heard from a live leader within the election timeout (check-quorum only)."""
@@ -372,7 +383,6 @@ class Replica:
         self.role = Role.LEADER
         self.leader = self.id
         self._elapsed = 0
-        self._quorum_elapsed = 0
         last = self.log.last_index
         self._progress = {peer: _Progress(match=0, next=last + 1) for peer in self.peers}
         # Entries of earlier terms commit only once an entry of ours does (Raft §5.4.2).
@@ -467,7 +477,7 @@ class Replica:
         if self.role is not Role.LEADER or msg.term != self.term:
             return
         progress = self._progress[msg.sender]
-        progress.recent_active = True
+        progress.idle_ticks = 0
         if msg.success:
             if msg.index > progress.match:
                 progress.match = msg.index

@@ -227,6 +227,9 @@ class Node:
 
     def _on_link_change(self, peer: str, connected: bool) -> None:
         log.info("peer %s %s", peer, "regained" if connected else "lost")
+        if not connected and peer == self.replica.leader:
+            self.replica.leader_unreachable()
+            self._drive()
 
     # ---- connections -----------------------------------------------------------
 
@@ -381,11 +384,17 @@ class Node:
         while not self.replica.can_propose():
             leader = self.replica.leader
             if leader is not None and leader != self.id:
-                if allow_forward:
+                if not allow_forward:
+                    raise NotLeader(f"{self.id} is not the leader", self.config.peers.get(leader))
+                if self.links[leader].connected:
                     return await self._forward(request, leader, deadline)
-                raise NotLeader(f"{self.id} is not the leader", self.config.peers.get(leader))
+            # No leader, or one we cannot reach (it may have died: an election is
+            # coming). Waiting here answers the client one round trip after the new
+            # leader is known, instead of at its next retry.
             if loop.time() >= deadline:
-                raise Unavailable("no leader elected yet; retry shortly")
+                raise Unavailable(
+                    f"no reachable leader within {self.config.request_timeout_s}s; retry shortly"
+                )
             await asyncio.sleep(self.config.tick_ms / 1000)
         term, index = self.replica.term, self.replica.next_index()
         if request.term > term:
@@ -422,8 +431,6 @@ class Node:
         self, request: wire.Execute, leader: str, deadline: float
     ) -> wire.ExecuteReply:
         link = self.links[leader]
-        if not link.connected:
-            raise Unavailable(f"leader {leader} is unreachable from {self.id}")
         forward_id = next(self._ids)
         future: asyncio.Future[wire.ExecuteReply] = asyncio.get_running_loop().create_future()
         self._forwards[forward_id] = (leader, future)

@@ -19,11 +19,21 @@ Invariants (Raft §5.2-§5.4, plus what replidb adds on top):
 
 Durable terms never go back and a durable vote never changes within a term. Under a
 policy that waits for a majority, an acknowledged write must end up committed.
+
+Under any policy (the ones that may lose acknowledged writes included), a lost write
+is never lost silently: an acknowledged write was applied on the leader that
+acknowledged it, and if it is missing from the final state it is in that node's
+``replidb_discarded`` (``MemoryStorage.discarded``). This is checked when the node
+rolls the write back and again on the final state; ``discarded`` never shrinks.
+
+After each step only the nodes the step touched are checked, plus every node when
+the committed record grew: a check of an untouched node against an unchanged record
+could not find anything new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
@@ -68,6 +78,7 @@ class _Mark:
     log_ok: int = 0  # durable log[1..log_ok] is known to equal the committed record
     applied_ok: int = 0  # applied[1..applied_ok] is known to equal the committed record
     ever_leader: bool = False
+    discarded: int = 0  # length of the node's discarded list when last seen
 
 
 class SafetyChecker:
@@ -84,6 +95,12 @@ class SafetyChecker:
         self._acks_must_survive = acks_must_survive
         self.acked: dict[int, Entry] = {}  # index -> the last acknowledged write there
         self.acks = 0
+        self.acked_writes: list[tuple[str, Entry]] = []  # (acknowledging node, write)
+        # node -> index -> the write this node last acknowledged at that index
+        self._acked_on: dict[str, dict[int, Entry]] = {node: {} for node in node_ids}
+        # Set by on_truncate, checked by on_truncated: the acknowledged writes the
+        # truncation removes, and how long the node's discarded list was before it.
+        self._truncating: tuple[str, list[Entry], int] | None = None
 
     def fail(self, node: str, detail: str) -> NoReturn:
         raise InvariantViolation(self.seed, self.step, node, detail)
@@ -122,6 +139,8 @@ class SafetyChecker:
         """
         mark = self._marks[node]
         first_new = entries[0].index if entries else from_index
+        acked_here = self._acked_on[node]
+        removed_acks: list[Entry] = []
         for index in range(from_index, len(storage.log) + 1):
             old = storage.log[index - 1]
             held = index <= len(self.committed) and old == self.committed[index - 1]
@@ -129,6 +148,9 @@ class SafetyChecker:
             new = entries[offset] if 0 <= offset < len(entries) else None
             if held and new != old:
                 self.fail(node, f"truncation from {from_index} discards committed entry {index}")
+            if acked_here.get(index) == old:
+                removed_acks.append(old)
+        self._truncating = (node, removed_acks, len(storage.discarded))
         mark.log_ok = min(mark.log_ok, from_index - 1)  # re-verified from the new entries
         if from_index <= storage.applied_index:
             if not mark.ever_leader:
@@ -137,8 +159,27 @@ class SafetyChecker:
                 self.fail(node, f"rolls back committed applied entry {from_index}")
         mark.applied_ok = min(mark.applied_ok, from_index - 1)
 
-    def on_ack(self, node: str, entry: Entry) -> None:
+    def on_truncated(self, node: str, storage: MemoryStorage) -> None:
+        """After the truncation announced by ``on_truncate``: every acknowledged write
+        it removed from this node was rolled back into the node's discarded list."""
+        assert self._truncating is not None and self._truncating[0] == node
+        _, removed_acks, before = self._truncating
+        self._truncating = None
+        if removed_acks:
+            kept = set(storage.discarded[before:])
+            for entry in removed_acks:
+                if entry not in kept:
+                    self.fail(node, f"{self._describe(entry)} rolled back, not kept in discarded")
+
+    def on_ack(self, node: str, entry: Entry, storage: MemoryStorage) -> None:
+        """A client was told ``entry`` succeeded. It must be applied on this node (the
+        leader executed it), which is what makes ``replidb_discarded`` complete."""
+        index = entry.index
+        if index > len(storage.applied) or storage.applied[index - 1] != entry:
+            self.fail(node, f"{self._describe(entry)} acknowledged but not applied here")
         self.acks += 1
+        self.acked_writes.append((node, entry))
+        self._acked_on[node][index] = entry
         previous = self.acked.get(entry.index)
         self.acked[entry.index] = entry
         if self._acks_must_survive:
@@ -148,14 +189,35 @@ class SafetyChecker:
 
     # ---- after every step --------------------------------------------------------
 
-    def after_step(self, nodes: Sequence[ObservedNode]) -> None:
+    def after_step(
+        self, nodes: Sequence[ObservedNode], touched: Collection[str] | None = None
+    ) -> None:
+        """Check the nodes the step ``touched`` (default: all of them); all of them
+        anyway if the committed record grew, since they are held against it."""
+        before = len(self.committed)
         for node in nodes:
-            if node.replica is not None:
-                self.observe_role(node.id, node.replica.role, node.replica.term)
-                if node.settled:  # mid-batch, the durable log lags the replica's view
-                    self._check_log(node, node.replica)
+            if touched is None or node.id in touched:
+                self._check_node(node)
+        grown = len(self.committed) != before
+        if grown and touched is not None:
+            for node in nodes:
+                if node.id not in touched:
+                    self._check_node(node)
         for node in nodes:  # the committed record is complete for this step now
-            self._check_applied(node)
+            if grown or touched is None or node.id in touched:
+                self._check_applied(node)
+
+    def _check_node(self, node: ObservedNode) -> None:
+        replica = node.replica
+        if replica is not None:
+            self.observe_role(node.id, replica.role, replica.term)
+            if node.settled:  # mid-batch, the durable log lags the replica's view
+                self._check_log(node, replica)
+        mark = self._marks[node.id]
+        discarded = len(node.storage.discarded)
+        if discarded < mark.discarded:
+            self.fail(node.id, f"discarded list shrank from {mark.discarded} to {discarded}")
+        mark.discarded = discarded
 
     def _check_log(self, node: ObservedNode, replica: Replica) -> None:
         mark = self._marks[node.id]
@@ -208,13 +270,34 @@ class SafetyChecker:
 
     # ---- liveness ------------------------------------------------------------------
 
+    def _is_committed(self, entry: Entry) -> bool:
+        index = entry.index
+        return index <= len(self.committed) and self.committed[index - 1] == entry
+
+    @staticmethod
+    def _describe(entry: Entry) -> str:
+        return f"acknowledged write {entry.data!r} (term {entry.term}, index {entry.index})"
+
     def lost_acks(self) -> int:
         """Acknowledged writes that are not in the committed sequence (async can lose them)."""
-        return sum(
-            1
-            for index, entry in sorted(self.acked.items())
-            if index > len(self.committed) or self.committed[index - 1] != entry
-        )
+        return sum(1 for _, entry in self.acked_writes if not self._is_committed(entry))
+
+    def check_discarded(self, nodes: Sequence[ObservedNode]) -> None:
+        """On the final state (the committed record, once converged): every acknowledged
+        write missing from it is in the discarded list of the node that acknowledged it."""
+        storage = {node.id: node.storage for node in nodes}
+        kept: dict[str, set[Entry]] = {}
+        for node, entry in self.acked_writes:
+            if self._is_committed(entry):
+                continue
+            if node not in kept:
+                kept[node] = set(storage[node].discarded)
+            if entry not in kept[node]:
+                self.fail(
+                    node,
+                    f"{self._describe(entry)} is missing from the final state "
+                    f"and not in {node}'s replidb_discarded",
+                )
 
     @staticmethod
     def not_converged(nodes: Sequence[ObservedNode]) -> str | None:

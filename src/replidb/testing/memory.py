@@ -8,11 +8,18 @@ the middle of a ``Ready`` is modelled by the simulator stopping between these ca
 The "state machine" is the list of applied entries: the applied index is its length.
 Truncating the log rolls back applied entries in the same call, as the real storage
 does in one SQLite transaction, so the two can never disagree after a crash.
+
+Every rolled-back write is kept in ``discarded`` (the model of ``replidb_discarded``),
+in that same atomic step, and survives crashes. As in the real store, only *applied*
+writes are kept: entries that are truncated before they were applied were never
+visible on this node (a follower's copy of another leader's write), and no-ops carry
+no data. An acknowledged write was always applied on the leader that acknowledged it
+(``propose_applied``), so if it is lost, that node's ``discarded`` has it.
 """
 
 from __future__ import annotations
 
-from replidb.core.messages import Entry, HardState
+from replidb.core.messages import Entry, EntryKind, HardState
 
 __all__ = ["MemoryStorage", "StorageError"]
 
@@ -28,6 +35,10 @@ class MemoryStorage:
         self.hard_state = HardState()
         self.log: list[Entry] = []  # log[i - 1] is the entry at index i
         self.applied: list[Entry] = []  # applied[i - 1] is the entry applied at index i
+        # Rolled-back writes (replidb_discarded), in the order they were undone: per
+        # truncation, highest index first, as the real store does. Entry values carry
+        # (term, index, data). Only ever appended to.
+        self.discarded: list[Entry] = []
 
     # ---- LogReader ------------------------------------------------------------
 
@@ -67,13 +78,15 @@ class MemoryStorage:
         self.hard_state = hard_state
 
     def truncate(self, from_index: int) -> list[Entry]:
-        """Delete log entries >= from_index and roll back any of them already applied.
+        """Delete log entries >= from_index and roll back any of them already applied,
+        keeping the rolled-back writes in ``discarded`` in the same atomic step.
         Returns the rolled-back entries (only an ex-leader ever has some)."""
         if from_index < 1:
             raise StorageError(f"truncate from {from_index}")
         del self.log[from_index - 1 :]
         rolled_back = self.applied[from_index - 1 :]
         del self.applied[from_index - 1 :]
+        self.discarded.extend(e for e in reversed(rolled_back) if e.kind == EntryKind.WRITE)
         return rolled_back
 
     def append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:

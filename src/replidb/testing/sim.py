@@ -14,7 +14,9 @@ A run has two phases:
   node can take a write.
 - **liveness**: the network heals and stops losing messages, every node restarts;
   within ``liveness_ticks`` (plus the time to ship the longest log one batch per round
-  trip) a new write must commit and the cluster must converge.
+  trip) a new write must commit and be acknowledged to its client, and the cluster
+  must converge. Then every acknowledged write missing from the final state must be
+  in ``replidb_discarded`` on the node that acknowledged it (whatever the policy).
 
 The checkers in ``checkers.py`` run after every event. A step is one event: a node's
 clock tick, one message delivery, or one "world" tick (faults and client writes),
@@ -27,19 +29,22 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import multiprocessing
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import NoReturn
 
-from replidb.core.messages import Append, Entry, EntryKind, PeerMessage, Role
+from replidb.core.messages import Append, Entry, EntryKind, PeerMessage, Role, VoteRequest
 from replidb.core.policy import CommitPolicy, guarantee, parse_policy
 from replidb.core.replica import Config, Ready, Replica
 from replidb.testing.checkers import InvariantViolation, SafetyChecker
 from replidb.testing.memory import MemoryStorage
 
-__all__ = ["SimResult", "Simulation", "main_sim", "run"]
+__all__ = ["SimResult", "Simulation", "main_sim", "run", "run_seeds"]
 
 TICK = 10  # time units per nominal clock tick; network delays are drawn in these units
 SAFETY_STEPS = 3000
@@ -149,6 +154,13 @@ class SimResult:
     max_batches_in_flight: int  # most non-empty Appends one leader had in flight to one node
     converged: bool
     violations: list[str]
+    # Elections started, so that needless ones can be told apart from leaders_elected:
+    terms: int = 0  # the highest term any node reached (each real campaign opens one)
+    campaigns: int = 0  # real campaigns whose vote requests were sent (term raised)
+    pre_votes: int = 0  # pre-candidacies whose pre-vote requests were sent
+    discarded: int = 0  # rolled-back writes kept in the nodes' replidb_discarded, in all
+    rolled_back: int = 0  # applied entries rolled back by truncations, in all
+    faults: dict[str, int] = field(default_factory=dict)  # kind -> count (see _inject_fault)
 
     def summary(self) -> str:
         status = "ok" if not self.violations else "VIOLATION"
@@ -157,7 +169,9 @@ class SimResult:
             f"steps={self.steps} ticks={self.ticks} writes={self.writes} acked={self.acked} "
             f"acked_lost={self.acked_lost} committed={self.committed} "
             f"leaders={self.leaders_elected} crashes={self.crashes} "
-            f"max_batches_in_flight={self.max_batches_in_flight}"
+            f"max_batches_in_flight={self.max_batches_in_flight} "
+            f"terms={self.terms} campaigns={self.campaigns} pre_votes={self.pre_votes} "
+            f"discarded={self.discarded}"
         )
 
 
@@ -210,9 +224,17 @@ class Simulation:
         self._live_first_write = 0  # writes numbered above this were made while healed
         self._live_scan = 0  # how far the committed sequence was searched for them
         self.live_write_committed = False
+        # And a client was told it succeeded (if its leader is deposed before it can
+        # say so, the outcome is unknown and the client writes again).
+        self.live_write_acked = False
         self.writes = 0
         self.crashes = 0
+        self.campaigns = 0
+        self.pre_votes = 0
+        self.faults: dict[str, int] = {}  # kind -> how many happened (restarts included)
+        self.rolled_back = 0
         self.converged = False
+        self._touched: set[str] = set()  # nodes whose state the current step may change
         self._traced_commit = 0
         # Non-empty Appends in the network per (sender, receiver, term): the leader
         # promises one batch in flight per follower (plus duplicates and retries).
@@ -238,15 +260,20 @@ class Simulation:
         deadline = self.now + (self.liveness_ticks + self._catch_up_ticks()) * TICK
         while not self.converged:
             if self.now > deadline:
-                reason = SafetyChecker.not_converged(self.nodes) or "no write committed"
-                if self.live_write_committed:
-                    reason = f"not converged: {reason}"
+                if not self.live_write_committed:
+                    reason = "no write committed"
+                elif not self.live_write_acked:
+                    reason = "no write acknowledged"
+                else:
+                    reason = f"not converged: {SafetyChecker.not_converged(self.nodes)}"
                 self.checker.fail(
                     "-", f"liveness: no convergence by tick {deadline // TICK}: {reason}"
                 )
             self._one_step()
         if self.params.acks_must_survive() and self.checker.lost_acks():
             self.checker.fail("-", f"{self.checker.lost_acks()} acknowledged writes lost")
+        # Whatever the policy: a lost acknowledged write is in replidb_discarded.
+        self.checker.check_discarded(self.nodes)
 
     def _one_step(self) -> None:
         self.now, _, event = heapq.heappop(self._queue)
@@ -258,7 +285,9 @@ class Simulation:
             self._on_deliver(event)
         else:
             self._on_world()
-        self.checker.after_step(self.nodes)
+        # (Also the nodes restarted between steps, when the liveness phase begins.)
+        self.checker.after_step(self.nodes, self._touched)
+        self._touched.clear()
 
     def _schedule(self, delay: int, event: _Event) -> None:
         self._seq += 1  # unique tie-breaker: events never compare with each other
@@ -267,15 +296,12 @@ class Simulation:
     def _log(self, text: str) -> None:
         self.trace.append(f"{self.step} @{self.now} {text}")
 
-    @contextmanager
-    def _guard(self, node: str) -> Iterator[None]:
-        """Any exception out of the core (or a storage contract breach) is a violation."""
-        try:
-            yield
-        except (InvariantViolation, _Crashed):
-            raise
-        except Exception as exc:
-            self.checker.fail(node, f"{type(exc).__name__}: {exc}")
+    def _core_error(self, node: str, exc: Exception) -> NoReturn:
+        """Any exception out of the core (or a storage contract breach) is a violation.
+        (Plain try/except at each call: a context manager per call cost 10% of a run.)"""
+        if isinstance(exc, InvariantViolation | _Crashed):
+            raise exc
+        self.checker.fail(node, f"{type(exc).__name__}: {exc}")
 
     # ---- events --------------------------------------------------------------------
 
@@ -283,8 +309,11 @@ class Simulation:
         self._schedule(node.period, _Tick(node.id))
         if node.replica is None or self.now < node.paused_until:
             return
-        with self._guard(node.id):
+        self._touched.add(node.id)
+        try:
             node.replica.tick()
+        except Exception as exc:
+            self._core_error(node.id, exc)
         self._drain(node)
 
     def _on_deliver(self, event: _Deliver) -> None:
@@ -297,8 +326,11 @@ class Simulation:
             self._batches[event.sender, event.to, event.msg.term] -= 1
         if node.replica is None or (event.sender, event.to) in self._blocked:
             return
-        with self._guard(node.id):
+        self._touched.add(node.id)
+        try:
             node.replica.step(event.msg)
+        except Exception as exc:
+            self._core_error(node.id, exc)
         if self._runtime.random() < self.params.defer_ready:
             # Like a runtime that reads several messages before one Ready: exercises
             # the core's handling of many inputs per batch. Its next tick drains it.
@@ -314,7 +346,7 @@ class Simulation:
         if not self.liveness:
             if self._faults.random() < self.params.fault_rate:
                 self._inject_fault()
-        elif self._check_live_write():
+        elif self._check_live_write() and self.live_write_acked:
             self.converged = SafetyChecker.not_converged(self.nodes) is None
             return  # converging: no more client writes
         budget = 3
@@ -325,54 +357,72 @@ class Simulation:
     # ---- the caller's side of the Ready contract -------------------------------------
 
     def _drain(self, node: SimNode) -> None:
+        self._touched.add(node.id)
         try:
             for _ in range(10_000):
                 replica = node.replica
                 if replica is None or not replica.has_ready():
                     node.settled = True
                     return
-                with self._guard(node.id):
-                    ready = replica.ready()
+                ready = replica.ready()
                 self._handle(node, replica, ready)
-                with self._guard(node.id):
-                    replica.advance(ready)
+                replica.advance(ready)
             self.checker.fail(node.id, "Ready batches never run out")
         except _Crashed:
             return
+        except InvariantViolation:
+            raise
+        except Exception as exc:  # from the core, or a storage contract breach
+            self._core_error(node.id, exc)
 
-    def _cut(self, node: SimNode, part: int) -> None:
-        if node.crash_cut == part:
-            self._crash(node, f"while handling a Ready, before {_CUT_POINTS[part]}")
-            raise _Crashed
+    def _cut(self, node: SimNode, part: int) -> NoReturn:
+        """Crash ``node`` before this part of handling its Ready (``node.crash_cut``)."""
+        self._crash(node, f"while handling a Ready, before {_CUT_POINTS[part]}")
+        raise _Crashed
 
     def _handle(self, node: SimNode, replica: Replica, ready: Ready) -> None:
         storage, check = node.storage, self.checker
-        self._cut(node, 0)
+        cut = -1 if node.crash_cut is None else node.crash_cut  # fixed until it strikes
+        if cut == 0:
+            self._cut(node, 0)
         if ready.hard_state is not None:
             check.on_hard_state(node.id, storage.hard_state, ready.hard_state)
             storage.save_hard_state(ready.hard_state)
-        self._cut(node, 1)
+        if cut == 1:
+            self._cut(node, 1)
         if ready.truncate_from is not None:
             check.on_truncate(node.id, ready.truncate_from, ready.entries, storage)
             dropped = len(storage.log) - ready.truncate_from + 1
             rolled_back = storage.truncate(ready.truncate_from)
+            check.on_truncated(node.id, storage)
+            self.rolled_back += len(rolled_back)
             self._log(
                 f"{node.id} truncates {dropped} from {ready.truncate_from}, "
                 f"rolls back {len(rolled_back)} applied"
             )
-        self._cut(node, 2)
+        if cut == 2:
+            self._cut(node, 2)
         for entry in ready.entries:
             check.on_persist(node.id, entry)
-        with self._guard(node.id):
-            storage.append(ready.entries)
-        self._cut(node, 3)
+        storage.append(ready.entries)
+        if cut == 3:
+            self._cut(node, 3)
+        requests: set[VoteRequest] = set()  # one per campaign, sent to every peer
         for to, msg in ready.messages:
+            if isinstance(msg, VoteRequest):
+                requests.add(msg)
             self._send(node.id, to, msg)
-        self._cut(node, 4)
-        with self._guard(node.id):
-            for entry in ready.committed:
-                storage.apply(entry)
-        self._cut(node, 5)
+        for request in requests:
+            if request.pre_vote:
+                self.pre_votes += 1
+            else:
+                self.campaigns += 1
+        if cut == 4:
+            self._cut(node, 4)
+        for entry in ready.committed:
+            storage.apply(entry)
+        if cut == 5:
+            self._cut(node, 5)
         if node.pending:
             self._acknowledge(node, replica, ready.acked_index)
         for event in ready.events:
@@ -384,8 +434,10 @@ class Simulation:
             if replica.role is not Role.LEADER or write.term != replica.term:
                 continue  # the leader moved on: the outcome is unknown, never "failed"
             if write.index <= acked_index:
-                self.checker.on_ack(node.id, write)
+                self.checker.on_ack(node.id, write, node.storage)
                 self._log(f"{node.id} acks {write.data.decode()} at {write.index}")
+                if self.liveness and int(write.data[1:]) > self._live_first_write:
+                    self.live_write_acked = True
             else:
                 keep.append(write)
         node.pending = keep
@@ -430,22 +482,26 @@ class Simulation:
             self._restart(rng.choice(down))
         elif kind == "split":
             side = [node for node in ids if rng.random() < 0.5]
-            self._partition(side, [node for node in ids if node not in side])
+            self._partition(kind, side, [node for node in ids if node not in side])
         elif kind == "isolate":
             one = self._victim(up).id if up else rng.choice(ids)
-            self._partition([one], [node for node in ids if node != one])
+            self._partition(kind, [one], [node for node in ids if node != one])
         elif kind == "oneway":
             a, b = rng.sample(ids, 2)
             self._blocked.add((a, b))
-            self._log(f"fault: link {a}->{b} drops")
+            self._fault(kind, f"link {a}->{b} drops")
         elif kind == "heal":
             self._blocked.clear()
-            self._log("fault: heal")
+            self._fault(kind, "heal")
         elif kind == "pause" and up:
             node = self._victim(up)
             ticks = rng.randint(1, 3 * self.params.election_ticks)
             node.paused_until = self.now + ticks * TICK
-            self._log(f"fault: pause {node.id} for {ticks} ticks")
+            self._fault(kind, f"pause {node.id} for {ticks} ticks")
+
+    def _fault(self, kind: str, text: str) -> None:
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+        self._log(f"fault: {text}")
 
     def _victim(self, up: list[SimNode]) -> SimNode:
         """Half the time aim at a leader: failovers are where replication bugs live."""
@@ -454,15 +510,16 @@ class Simulation:
             return self._faults.choice(leaders)
         return self._faults.choice(up)
 
-    def _partition(self, side: list[str], other: list[str]) -> None:
+    def _partition(self, kind: str, side: list[str], other: list[str]) -> None:
         self._blocked.clear()
         for a in side:
             for b in other:
                 self._blocked.update(((a, b), (b, a)))
-        self._log(f"fault: partition {side} | {other}")
+        self._fault(kind, f"partition {side} | {other}")
 
     def _crash(self, node: SimNode, how: str) -> None:
         assert node.replica is not None
+        self._touched.add(node.id)
         # A leader that lived only inside the interrupted batch still counts.
         self.checker.observe_role(node.id, node.replica.role, node.replica.term)
         node.replica = None  # and with it whatever it had not yet persisted
@@ -471,7 +528,7 @@ class Simulation:
         node.crash_cut = None
         node.paused_until = 0
         self.crashes += 1
-        self._log(f"fault: crash {node.id} {how}".rstrip())
+        self._fault("crash mid-Ready" if how else "crash", f"crash {node.id} {how}".rstrip())
 
     def _start(self, node: SimNode) -> None:
         storage = node.storage
@@ -485,6 +542,8 @@ class Simulation:
 
     def _restart(self, node: SimNode) -> None:
         self._start(node)
+        self._touched.add(node.id)
+        self.faults["restart"] = self.faults.get("restart", 0) + 1
         storage = node.storage
         self._log(
             f"restart {node.id} term={storage.hard_state.term} "
@@ -514,9 +573,12 @@ class Simulation:
         # The caller executes the write and logs it atomically before telling the core.
         entry = Entry(replica.term, replica.next_index(), EntryKind.WRITE, data)
         self.checker.on_persist(node.id, entry)
-        node.storage.write_applied(entry)
-        with self._guard(node.id):
+        self._touched.add(node.id)
+        try:
+            node.storage.write_applied(entry)
             proposed = replica.propose_applied(data)
+        except Exception as exc:
+            self._core_error(node.id, exc)
         if proposed != entry:
             self.checker.fail(node.id, f"propose_applied returned {proposed!r}, not {entry!r}")
         node.pending.append(entry)
@@ -565,7 +627,8 @@ class Simulation:
                 commit = replica.commit_index if replica is not None else "-"
                 self._log(
                     f"end {node.id} term={storage.hard_state.term} last={storage.last_index()} "
-                    f"commit={commit} applied={storage.applied_index}"
+                    f"commit={commit} applied={storage.applied_index} "
+                    f"discarded={len(storage.discarded)}"
                 )
         digest = hashlib.sha256("\n".join(self.trace).encode()).hexdigest()
         return SimResult(
@@ -585,6 +648,12 @@ class Simulation:
             max_batches_in_flight=self.max_batches_in_flight,
             converged=self.converged,
             violations=violations,
+            terms=max(node.storage.hard_state.term for node in self.nodes),
+            campaigns=self.campaigns,
+            pre_votes=self.pre_votes,
+            discarded=sum(len(node.storage.discarded) for node in self.nodes),
+            rolled_back=self.rolled_back,
+            faults=dict(sorted(self.faults.items())),
         )
 
 
@@ -605,6 +674,32 @@ def run(
             raise
         return sim.result([str(exc)])
     return sim.result([])
+
+
+def run_seeds(
+    seeds: Iterable[int], *, workers: int = 1, keep_trace: bool = True
+) -> list[SimResult]:
+    """Run many seeds, in ``workers`` processes; the results (in seed order) are the
+    same as one ``run`` after another, since every seed is independent. Without
+    ``keep_trace`` the traces are dropped (their digests stay): 500 traces are
+    hundreds of megabytes, and they would be copied from the worker processes."""
+    seed_list = list(seeds)
+    job = partial(_run_one, keep_trace=keep_trace)
+    if workers <= 1 or len(seed_list) < 2:
+        return [job(seed) for seed in seed_list]
+    # spawn, not fork: the caller (a test runner) may have threads that a fork would
+    # copy mid-lock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        chunk = max(1, min(16, len(seed_list) // (4 * workers)))
+        return list(pool.map(job, seed_list, chunksize=chunk))
+
+
+def _run_one(seed: int, keep_trace: bool) -> SimResult:
+    result = run(seed)
+    if not keep_trace:
+        result.trace = result.trace[-1:] if result.violations else []
+    return result
 
 
 def main_sim(seed: int | None, seeds: int = 1, verbose: bool = False) -> int:

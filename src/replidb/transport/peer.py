@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 
 from replidb.transport import wire
@@ -27,6 +28,21 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad address {address!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def _detect_silent_loss(writer: asyncio.StreamWriter) -> None:
+    """A partition closes nothing: without these, a dead link looks healthy until TCP's
+    retransmissions give up (minutes). Data unacknowledged for 2 s, or an idle link
+    whose keepalive probes go unanswered for ~3 s, now ends the connection."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 2000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
 
 
 class PeerLink:
@@ -80,6 +96,7 @@ class PeerLink:
             try:
                 reader, connected = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
                 writer = connected
+                _detect_silent_loss(connected)
                 connected.write(frame(wire.Hello(self.own_id)))
                 await connected.drain()
                 self._set_connected(True)
@@ -100,9 +117,9 @@ class PeerLink:
                 self._set_connected(False)
             finally:
                 if writer is not None:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await writer.wait_closed()
+                    # abort, not close: a graceful close waits for unsent data to reach
+                    # a peer that may be unreachable, and stalled shutdown for seconds.
+                    writer.transport.abort()
             # While disconnected, stale messages are useless: terms and heartbeats
             # regenerate whatever is still needed.
             while not self._queue.empty():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import apsw
 import pytest
 
 from replidb.core.messages import Entry, EntryKind
@@ -45,8 +46,13 @@ def test_ddl_and_changes_replay_in_order(pair: tuple[SQLiteStore, SQLiteStore]) 
         index=1,
     )
     assert outcome.data is not None
-    kinds = [type(s).__name__ for s in decode_record(outcome.data).segments]
-    assert kinds == ["DDL", "Changes", "DDL", "Changes"]
+    segments = decode_record(outcome.data).segments
+    kinds = [type(s).__name__ for s in segments]
+    # ... and a last segment of bookkeeping: the id lease the INSERT raised.
+    assert kinds == ["DDL", "Changes", "DDL", "Changes", "Changes"]
+    last = segments[-1]
+    assert isinstance(last, Changes)
+    assert {c.name for c in apsw.Changeset.iter(last.changeset)} == {"replidb_rowid_leases"}
     _ship(leader, follower)
     assert _rows(follower, "SELECT * FROM t ORDER BY id") == [[1, "a", 10], [2, "b", 20]]
     assert follower.applied_index() == 1

@@ -34,6 +34,7 @@ class _Waiter:
     policy: CommitPolicy
     since: float
     future: asyncio.Future[None]
+    committed: bool  # must also be on a majority (it raised an id lease), whatever policy
 
 
 class AckTracker:
@@ -49,10 +50,15 @@ class AckTracker:
         self._waiting: list[_Waiter] = []
 
     def wait_for(
-        self, index: int, term: int, policy: CommitPolicy | None, now: float
+        self,
+        index: int,
+        term: int,
+        policy: CommitPolicy | None,
+        now: float,
+        committed: bool = False,
     ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiter(index, term, policy or self.default, now, future))
+        self._waiting.append(_Waiter(index, term, policy or self.default, now, future, committed))
         return future
 
     def check(self, replica: Replica, now: float) -> None:
@@ -79,7 +85,9 @@ class AckTracker:
                 waiter.future.set_exception(
                     OutcomeUnknown("leadership changed while the write waited")
                 )
-            elif waiter.index <= acked[str(waiter.policy)]:
+            elif waiter.index <= acked[str(waiter.policy)] and (
+                not waiter.committed or waiter.index <= replica.commit_index
+            ):
                 waiter.future.set_result(None)
             else:
                 still.append(waiter)

@@ -118,6 +118,7 @@ class Node:
         self._server: asyncio.base_events.Server | None = None
         self._started = time.monotonic()
         self._catch_up = CatchUpReporter(log)
+        self._floors_term = 0  # the term in which we last raised id floors
         self.failed: BaseException | None = None
         self.stopped = asyncio.Event()
 
@@ -403,6 +404,13 @@ class Node:
                 f"{self.id} is at term {term} but the client has seen term {request.term}"
             )
         policy = _parse_sync(request.sync)
+        if self._floors_term != term:
+            # Before our first write: allocate above every id the previous leader
+            # could have handed out (storage/rowid_guard.py).
+            raised = self.store.raise_rowid_floors()
+            self._floors_term = term
+            if raised:
+                log.info("raised the id floor of %d table(s) to their leases", raised)
         outcome = self.store.execute_write(
             request.statements, term, index, request.client_id, request.seq, request.dry_run
         )
@@ -414,7 +422,9 @@ class Node:
             entry = self.replica.propose_applied(outcome.data)
             if entry.index != index:
                 raise InternalError(f"log position moved from {index} to {entry.index}")
-        future = self.acks.wait_for(index, term, policy, time.monotonic())
+        future = self.acks.wait_for(
+            index, term, policy, time.monotonic(), outcome.needs_commit or outcome.duplicate
+        )
         self._drive()
         self.acks.check(self.replica, time.monotonic())
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from replidb.errors import BadRequest, ConstraintError, Error, InternalError, SQLError
+from replidb.storage.rowid_guard import add_autoincrement, split_sql
 from replidb.stream.logical import DDL, Changes, Segment
 from replidb.transport.wire import Statement, StatementResult
 
@@ -30,7 +31,7 @@ __all__ = [
 # Tables replidb keeps next to the user's data. Only client sessions replicate (so a
 # retried write is recognised on whichever node leads next); the rest are per node.
 INTERNAL_TABLES = frozenset({"replidb_meta", "replidb_log", "replidb_discarded"})
-REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions"})
+REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions", "replidb_rowid_leases"})
 
 _DDL_RE = re.compile(
     r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(CREATE|DROP|ALTER|REINDEX|ANALYZE)\b",
@@ -194,14 +195,16 @@ def capture_changes(
     conn: apsw.Connection,
     statements: Sequence[Statement],
     guard: _Guard,
-    epilogue: Callable[[list[StatementResult]], None] | None = None,
+    epilogue: Callable[[list[StatementResult], list[Segment]], None] | None = None,
 ) -> tuple[list[StatementResult], list[Segment]]:
     """Run statements inside the caller's open transaction and return their results and
     the logical segments (DDL text and row changesets, in execution order).
-    ``epilogue(results)`` runs last, with its own writes still captured. User statements
-    run under ``guard``; the session's own savepoints and the epilogue do not."""
+    ``epilogue(results, segments)`` runs last, seeing the user's segments, with its own
+    writes captured in a final segment. User statements run under ``guard``; the
+    session's own savepoints and the epilogue do not."""
     segments: list[Segment] = []
     session = _new_session(conn)
+    statements = [_with_autoincrement(s) for s in statements]
 
     def cut(sql: str, bindings: Any) -> None:
         nonlocal session
@@ -221,12 +224,30 @@ def capture_changes(
         results = run_statements(conn, statements, cut)
         guard.user = False
         if epilogue is not None:
-            epilogue(results)
+            _flush(session, segments)
+            session.close()
+            session = _new_session(conn)
+            epilogue(results, segments)
         _flush(session, segments)
     finally:
         guard.user = False
         session.close()
     return results, segments
+
+
+def _with_autoincrement(statement: Statement) -> Statement:
+    """Create INTEGER PRIMARY KEYs as AUTOINCREMENT (see rowid_guard). Positional
+    parameters cannot be shared out among several statements, so such a text is only
+    rewritten when it is a single statement."""
+    if "PRIMARY" not in statement.sql.upper():
+        return statement
+    pieces = split_sql(statement.sql)
+    if statement.params and isinstance(statement.params, list) and len(pieces) > 1:
+        return statement
+    rewritten = "".join(add_autoincrement(piece) for piece in pieces)
+    if rewritten == statement.sql:
+        return statement
+    return Statement(rewritten, statement.params)
 
 
 def _new_session(conn: apsw.Connection) -> apsw.Session:

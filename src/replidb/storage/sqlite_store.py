@@ -29,13 +29,22 @@ import msgspec
 from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import BadRequest, Error, InternalError
 from replidb.storage.executor import (
+    REPLICATED_INTERNAL_TABLES,
     NeedsWrite,
     capture_changes,
     install_guard,
     run_statements,
     translate,
 )
-from replidb.stream.logical import DDL, Changes, WriteRecord, decode_record, encode_record
+from replidb.storage.rowid_guard import LEASE_CHUNK, max_inserted_keys
+from replidb.stream.logical import (
+    DDL,
+    Changes,
+    Segment,
+    WriteRecord,
+    decode_record,
+    encode_record,
+)
 from replidb.transport.wire import Statement, StatementResult
 
 __all__ = ["SQLiteStore", "WriteOutcome", "describe_record"]
@@ -48,6 +57,7 @@ CREATE TABLE IF NOT EXISTS replidb_discarded(
     id INTEGER PRIMARY KEY, term INTEGER NOT NULL, idx INTEGER NOT NULL,
     changes TEXT NOT NULL, record BLOB NOT NULL, discarded_at TEXT NOT NULL,
     reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replidb_rowid_leases(tbl TEXT PRIMARY KEY, ceiling INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS replidb_client_sessions(
     client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, result BLOB NOT NULL,
     idx INTEGER NOT NULL);
@@ -66,6 +76,7 @@ class WriteOutcome(msgspec.Struct, frozen=True):
     data: bytes | None  # the log record to propose; None if nothing changed
     duplicate: bool = False  # a retried write that was already applied
     index: int = 0  # for a duplicate: the log index of the original
+    needs_commit: bool = False  # raised an id lease: acknowledge only once committed
 
 
 class SQLiteStore:
@@ -262,9 +273,14 @@ class SQLiteStore:
                 if previous is not None:
                     return WriteOutcome(previous[0], None, duplicate=True, index=previous[1])
 
-            def remember(results: list[StatementResult]) -> None:
-                # Inside the capture, so the session row travels with the record and a
-                # retry is recognised on whichever node leads next.
+            leased = False
+
+            def remember(results: list[StatementResult], segments: list[Segment]) -> None:
+                # Inside the capture, so these rows travel with the record: a retry is
+                # recognised, and a raised id lease holds, on whichever node leads next.
+                nonlocal leased
+                if not dry_run:
+                    leased = self._raise_leases(segments)
                 if client_id and not dry_run:
                     conn.execute(
                         "INSERT INTO replidb_client_sessions(client_id, seq, result, idx) "
@@ -279,6 +295,7 @@ class SQLiteStore:
             ):
                 return WriteOutcome(results, None)
             data = encode_record(WriteRecord(segments))
+            needs_commit = leased
             conn.execute(
                 "INSERT INTO replidb_log(idx, term, kind, data) VALUES(?, ?, ?, ?)",
                 (index, term, EntryKind.WRITE, data),
@@ -287,12 +304,52 @@ class SQLiteStore:
             conn.execute("COMMIT")
             committed = True
             self._last_index, self._last_term = index, term
-            return WriteOutcome(results, data)
+            return WriteOutcome(results, data, needs_commit=needs_commit)
         except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
             raise translate(exc, self._writer_guard) from None
         finally:
             if not committed:
                 conn.execute("ROLLBACK")
+
+    def _raise_leases(self, segments: list[Segment]) -> bool:
+        """Raise the id lease of every table this write inserted keys above it in."""
+        raised = False
+        for table, key in sorted(max_inserted_keys(segments).items()):
+            if table in REPLICATED_INTERNAL_TABLES:
+                continue
+            row = self.writer.execute(
+                "SELECT ceiling FROM replidb_rowid_leases WHERE tbl=?", (table,)
+            ).fetchone()
+            if row is None or key > row[0]:
+                self.writer.execute(
+                    "INSERT INTO replidb_rowid_leases(tbl, ceiling) VALUES(?, ?) "
+                    "ON CONFLICT(tbl) DO UPDATE SET ceiling=excluded.ceiling",
+                    (table, key + LEASE_CHUNK),
+                )
+                raised = True
+        return raised
+
+    def raise_rowid_floors(self) -> int:
+        """A new leader's first duty: allocate above every committed id lease, so ids a
+        discarded write handed out are never handed out again. Returns tables raised."""
+        with self._transaction(synchronous="FULL"):
+            leases = self.writer.execute(
+                "SELECT l.tbl, l.ceiling FROM replidb_rowid_leases AS l "
+                "JOIN sqlite_schema AS s ON s.name = l.tbl AND s.type = 'table' "
+                "WHERE s.sql LIKE '%AUTOINCREMENT%'"
+            ).fetchall()
+            for table, ceiling in leases:
+                self.writer.execute(
+                    "UPDATE sqlite_sequence SET seq=? WHERE name=? AND seq < ?",
+                    (ceiling, table, ceiling),
+                )
+                if not self.writer.execute(
+                    "SELECT 1 FROM sqlite_sequence WHERE name=?", (table,)
+                ).fetchone():
+                    self.writer.execute(
+                        "INSERT INTO sqlite_sequence(name, seq) VALUES(?, ?)", (table, ceiling)
+                    )
+        return len(leases)
 
     def _previous_result(
         self, client_id: str, seq: int

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from replidb.cli.options import connect_option, fail
 from replidb.client.admin import transfer_leader
 from replidb.errors import Error
 
@@ -14,14 +15,7 @@ __all__ = ["transfer_leader_command"]
 
 
 @click.command("transfer-leader")
-@click.option(
-    "--connect",
-    "addresses",
-    required=True,
-    envvar="REPLIDB_CONNECT",
-    metavar="HOST:PORT[,...]",
-    help="Any member(s) of the cluster.",
-)
+@connect_option("Any member(s) of the cluster.")
 @click.option("--to", "target", required=True, help="The node id that should lead.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
 def transfer_leader_command(addresses: str, target: str, timeout: float) -> None:
@@ -36,7 +30,7 @@ def transfer_leader_command(addresses: str, target: str, timeout: float) -> None
     try:
         old, new = transfer_leader(addresses, target, timeout)
     except Error as exc:
-        click.echo("error: " + " ".join(str(exc).split()), err=True)
+        fail(str(exc))
         sys.exit(1)
     took = time.monotonic() - started
     click.echo(f"leadership moved from {old} to {new} in {took:.2f}s")

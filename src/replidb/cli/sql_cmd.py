@@ -12,6 +12,7 @@ from typing import Any
 import apsw
 import click
 
+from replidb.cli.options import connect_option, fail
 from replidb.client import Client, connect, is_read_only
 from replidb.client.connection import Connection
 from replidb.errors import Error
@@ -100,11 +101,6 @@ def _print_result(
         click.echo(format_table(columns, rows))
 
 
-def _fail(message: str) -> None:
-    # Exactly one line, whatever the message contains: scripts rely on it.
-    click.echo("error: " + " ".join(message.split()), err=True)
-
-
 def shell(conn: Connection, *, as_json: bool = False) -> None:
     """Interactive loop: read until ``apsw.complete``, run, print; errors do not end it.
 
@@ -145,7 +141,7 @@ def shell(conn: Connection, *, as_json: bool = False) -> None:
             try:
                 cursor = conn.execute(text)
             except Error as exc:
-                _fail(str(exc))
+                fail(str(exc))
                 continue
             columns = [d[0] for d in cursor.description or ()]
             rows = cursor.fetchall()
@@ -162,14 +158,7 @@ def shell(conn: Connection, *, as_json: bool = False) -> None:
 
 
 @click.command("sql")
-@click.option(
-    "--connect",
-    "addresses",
-    required=True,
-    envvar="REPLIDB_CONNECT",
-    metavar="HOST:PORT[,...]",
-    help="Cluster addresses; the first reachable one is used.",
-)
+@connect_option("Cluster addresses; the first reachable one is used.")
 @click.option("-c", "command", metavar="SQL", help="Run this SQL (one atomic request) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result, per line.")
 @click.option(
@@ -227,7 +216,7 @@ def sql(
             sync=sync_policy or None,
         )
     except Error as exc:
-        _fail(str(exc))
+        fail(str(exc))
         sys.exit(1)
     try:
         shell(conn, as_json=as_json)

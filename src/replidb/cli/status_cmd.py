@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from replidb.cli.options import connect_option, fail
 from replidb.client import Client, probe_status
 from replidb.errors import Error
 from replidb.transport import wire
@@ -149,14 +150,7 @@ def _render(report: dict[str, Any]) -> None:
 
 
 @click.command("status")
-@click.option(
-    "--connect",
-    "addresses",
-    required=True,
-    envvar="REPLIDB_CONNECT",
-    metavar="HOST:PORT[,...]",
-    help="Any member(s); the first reachable one supplies the member list.",
-)
+@connect_option("Any member(s); the first reachable one supplies the member list.")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to find a member.")
 def status(addresses: str, as_json: bool, timeout: float) -> None:
@@ -177,7 +171,7 @@ def status(addresses: str, as_json: bool, timeout: float) -> None:
     try:
         report = cluster_status(addresses, timeout=timeout)
     except Error as exc:
-        click.echo("error: " + " ".join(str(exc).split()), err=True)
+        fail(str(exc))
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(report))

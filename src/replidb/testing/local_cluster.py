@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,16 +26,24 @@ __all__ = ["LocalCluster", "free_ports", "pid_alive"]
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range
+    (32768+), so that no client socket can take one before our node binds it."""
+    rng = random.Random()  # which block: a fresh, unseeded choice per call is the point
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                probe = socket.socket()
+                held.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return list(range(base, base + count))
+        except OSError:
+            continue
+        finally:
+            for probe in held:
+                probe.close()
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 class LocalCluster:

@@ -48,7 +48,7 @@ def _discarded_ns(cluster: LocalCluster) -> dict[int, str]:
         for (changes,) in cluster.query(node, "SELECT changes FROM replidb_discarded"):
             for change in json.loads(changes):
                 if change.get("table") == "k" and change.get("op") == "INSERT":
-                    found[change["new"][0]] = node
+                    found[change["after"]["n"]] = node
     return found
 
 

@@ -97,10 +97,13 @@ def test_truncating_applied_entries_rolls_them_back_and_keeps_them(
     # What was discarded is queryable: which rows, in which table, before and after.
     described = _rows(
         leader,
-        "SELECT j.value ->> 'op', j.value ->> 'new' FROM replidb_discarded, "
+        "SELECT j.value ->> 'op', j.value ->> 'after' FROM replidb_discarded, "
         "json_each(replidb_discarded.changes) AS j WHERE idx = 3 ORDER BY j.key",
     )
-    assert sorted(described) == [["INSERT", '[2,"changed"]'], ["UPDATE", '[null,"changed"]']]
+    assert sorted(described) == [
+        ["INSERT", '{"id":2,"v":"changed"}'],
+        ["UPDATE", '{"v":"changed"}'],
+    ]
     assert leader.last_index() == 3 and leader.term(3) == 2
 
 

@@ -15,6 +15,7 @@ import apsw
 
 from replidb.errors import BadRequest, ConstraintError, Error, InternalError, SQLError
 from replidb.storage.rowid_guard import add_autoincrement, split_sql
+from replidb.stream.changeset import iter_changeset
 from replidb.stream.logical import DDL, Changes, Segment
 from replidb.transport.wire import Statement, StatementResult
 
@@ -213,7 +214,7 @@ def capture_changes(
         if bindings:
             raise SQLError("DDL with parameters cannot be replicated: inline the values")
         guard.user = False
-        _flush(session, segments)
+        _flush(conn, session, segments)
         session = _new_session(conn)
         guard.user = True
         if not _TEMP_RE.match(sql):  # temp objects live and die on this connection only
@@ -224,11 +225,11 @@ def capture_changes(
         results = run_statements(conn, statements, cut)
         guard.user = False
         if epilogue is not None:
-            _flush(session, segments)
+            _flush(conn, session, segments)
             session.close()
             session = _new_session(conn)
             epilogue(results, segments)
-        _flush(session, segments)
+        _flush(conn, session, segments)
     finally:
         guard.user = False
         session.close()
@@ -259,7 +260,19 @@ def _new_session(conn: apsw.Connection) -> apsw.Session:
     return session
 
 
-def _flush(session: apsw.Session, segments: list[Segment]) -> None:
+def _flush(conn: apsw.Connection, session: apsw.Session, segments: list[Segment]) -> None:
     changeset = session.changeset()
     if changeset:
-        segments.append(Changes(changeset))
+        segments.append(Changes(changeset, _column_names(conn, changeset)))
+
+
+def _column_names(conn: apsw.Connection, changeset: bytes) -> dict[str, list[str]]:
+    """Each changed table's column names, in the changeset's order (the logical stream
+    carries them so readers need no schema). Read now: a later DDL may change them."""
+    widths = {change.table: len(change.pk) for change in iter_changeset(changeset)}
+    names: dict[str, list[str]] = {}
+    for table, width in widths.items():
+        declared = [row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
+        # Tables keyed by their hidden rowid carry it as the first column.
+        names[table] = declared if len(declared) == width else ["rowid", *declared]
+    return names

@@ -44,6 +44,7 @@ from replidb.stream.logical import (
     WriteRecord,
     decode_record,
     encode_record,
+    row_changes,
 )
 from replidb.transport.wire import Statement, StatementResult
 
@@ -294,7 +295,10 @@ class SQLiteStore:
                 isinstance(s, DDL) or not _only_sessions(s.changeset) for s in segments
             ):
                 return WriteOutcome(results, None)
-            data = encode_record(WriteRecord(segments))
+            schema = conn.execute("PRAGMA schema_version").fetchone()
+            data = encode_record(
+                WriteRecord(segments, schema_version=int(schema[0]) if schema else 0)
+            )
             needs_commit = leased
             conn.execute(
                 "INSERT INTO replidb_log(idx, term, kind, data) VALUES(?, ?, ?, ?)",
@@ -395,34 +399,29 @@ class _Txn:
 
 def describe_record(record: WriteRecord) -> str:
     """A logical record as JSON a user can query with SQLite's JSON functions:
-    ``[{"table": "t", "op": "INSERT", "old": null, "new": [1, "x"]}, {"ddl": "..."}]``.
-    Blobs appear as ``{"hex": "..."}``; columns an UPDATE left alone as ``null``."""
+    ``[{"table": "t", "op": "INSERT", "key": {"id": 1}, "before": null,
+    "after": {"id": 1, "v": "x"}}, {"ddl": "..."}]``; blobs appear as ``{"hex": ...}``."""
     out: list[dict[str, Any]] = []
-    for segment in record.segments:
-        if isinstance(segment, DDL):
-            out.append({"ddl": segment.sql})
-            continue
-        for change in apsw.Changeset.iter(segment.changeset):
-            if change.name == "replidb_client_sessions":
-                continue  # bookkeeping, not the user's data
+    for change in row_changes(record):
+        if isinstance(change, DDL):
+            out.append({"ddl": change.sql})
+        elif not change.table.startswith("replidb_"):  # bookkeeping, not the user's data
             out.append(
                 {
-                    "table": change.name,
+                    "table": change.table,
                     "op": change.op,
-                    "old": _json_values(change.old),
-                    "new": _json_values(change.new),
+                    "key": _json_values(change.key),
+                    "before": _json_values(change.before),
+                    "after": _json_values(change.after),
                 }
             )
     return json.dumps(out, separators=(",", ":"))
 
 
-def _json_values(values: Any) -> list[Any] | None:
+def _json_values(values: dict[str, Any] | None) -> dict[str, Any] | None:
     if values is None:
         return None
-    return [
-        {"hex": v.hex()} if isinstance(v, bytes) else (None if v is apsw.no_change else v)
-        for v in values
-    ]
+    return {k: {"hex": v.hex()} if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _only_sessions(changeset: bytes) -> bool:

@@ -1,17 +1,49 @@
-"""The ``logical`` stream: one write transaction as an ordered list of segments.
+"""The ``logical`` stream, format version 1: one write transaction as a record.
 
-A segment is either DDL (statement text, replayed as is) or row changes (an SQLite
-session changeset: table, operation, primary key, before and after images). DDL cuts
-the changes into segments so that ``CREATE TABLE t; INSERT INTO t ...`` replays in
-order. The record is versioned; readers ignore fields added by newer writers
-(msgspec skips unknown fields), and new fields always get defaults.
+    WriteRecord   {segments: [Segment...], version: 1, schema_version: int}
+    Segment       DDL {sql}                        a schema change, replayed as is
+                | Changes {changeset, columns}     row changes since the previous DDL
+    columns       {table: [column name, ...]}      names of the changeset's columns, in
+                                                   order; "rowid" first for a table
+                                                   keyed by its hidden rowid
+
+A changeset is SQLite's session format (see ``stream/changeset.py``): per change the
+table, the operation, which columns form the key, and the before and after images.
+``row_changes`` turns a record into named rows — the schema users and change-data
+consumers read:
+
+    RowChange {table, op: INSERT|UPDATE|DELETE, key: {col: value},
+               before: {col: value} | None, after: {col: value} | None}
+    (an UPDATE's images hold the key and the changed columns only)
+
+DDL cuts changes into segments so that ``CREATE TABLE t; INSERT INTO t ...`` replays
+in order. Evolution: records are msgpack maps; a reader ignores fields a newer writer
+added, and every new field gets a default, so older records still decode. Golden
+records of every released version live in tests/golden/ and are decoded by a test
+forever.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
 import msgspec
 
-__all__ = ["DDL", "FORMAT_VERSION", "Changes", "WriteRecord", "decode_record", "encode_record"]
+from replidb.stream.changeset import UNCHANGED, iter_changeset
+
+__all__ = [
+    "DDL",
+    "FORMAT_VERSION",
+    "Changes",
+    "RowChange",
+    "Segment",
+    "WriteRecord",
+    "decode_record",
+    "encode_record",
+    "row_changes",
+]
 
 FORMAT_VERSION = 1
 
@@ -22,6 +54,7 @@ class DDL(msgspec.Struct, frozen=True, tag="ddl"):
 
 class Changes(msgspec.Struct, frozen=True, tag="changes"):
     changeset: bytes
+    columns: dict[str, list[str]] = {}
 
 
 Segment = DDL | Changes
@@ -30,6 +63,16 @@ Segment = DDL | Changes
 class WriteRecord(msgspec.Struct, frozen=True):
     segments: list[Segment]
     version: int = FORMAT_VERSION
+    schema_version: int = 0  # the leader's PRAGMA schema_version after this write
+
+
+@dataclass(frozen=True)
+class RowChange:
+    table: str
+    op: str
+    key: dict[str, Any]
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -43,7 +86,31 @@ def encode_record(record: WriteRecord) -> bytes:
 def decode_record(data: bytes) -> WriteRecord:
     """Raises ValueError naming the problem if ``data`` is not a logical record."""
     try:
-        record = _decoder.decode(data)
+        return _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a logical write record: {exc}") from None
-    return record
+
+
+def row_changes(record: WriteRecord) -> Iterator[RowChange | DDL]:
+    """The record as named row changes and DDL, in order."""
+    for segment in record.segments:
+        if isinstance(segment, DDL):
+            yield segment
+            continue
+        for change in iter_changeset(segment.changeset):
+            names = segment.columns.get(change.table) or [f"c{i}" for i in range(len(change.pk))]
+            keyed = change.new if change.op == "INSERT" else change.old
+            assert keyed is not None
+            yield RowChange(
+                table=change.table,
+                op=change.op,
+                key={n: v for n, v, k in zip(names, keyed, change.pk, strict=False) if k},
+                before=_image(names, change.old),
+                after=_image(names, change.new),
+            )
+
+
+def _image(names: list[str], values: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    return {n: v for n, v in zip(names, values, strict=False) if v is not UNCHANGED}

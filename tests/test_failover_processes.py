@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import replidb
 from replidb.client.admin import transfer_leader
-from replidb.testing.local_cluster import LocalCluster
+from replidb.testing.local_cluster import LocalCluster, NumberedWriter
 
 pytestmark = pytest.mark.slow
-
-
-class Writer(threading.Thread):
-    """Writes numbered rows one by one; records which were acknowledged and when."""
-
-    def __init__(self, connect: str) -> None:
-        super().__init__(daemon=True)
-        self.conn = replidb.connect(connect, timeout=10.0, autocommit=True)
-        self.acked: list[tuple[int, float]] = []
-        self.unknown: list[int] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        cursor = self.conn.cursor()
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            try:
-                cursor.execute("INSERT INTO w(n) VALUES (?)", (n,))
-                self.acked.append((n, time.monotonic()))
-            except replidb.OutcomeUnknown:
-                self.unknown.append(n)
-        self.conn.close()
-
-    def longest_gap_after(self, moment: float) -> float:
-        times = [moment] + [t for _, t in self.acked if t >= moment]
-        return max(b - a for a, b in itertools.pairwise(times)) if len(times) > 1 else 0
 
 
 def _setup(cluster: LocalCluster) -> str:
@@ -57,7 +28,7 @@ def test_transfer_leader_loses_no_write_and_pauses_less_than_an_election_timeout
 ) -> None:
     leader = _setup(cluster)
     target = next(n for n in cluster.ids if n != leader)
-    writer = Writer(cluster.connect)
+    writer = NumberedWriter(cluster.connect, "w")
     writer.start()
     time.sleep(0.5)
     asked = time.monotonic()
@@ -67,9 +38,9 @@ def test_transfer_leader_loses_no_write_and_pauses_less_than_an_election_timeout
     writer.join(15)
     assert (old, new) == (leader, target)
     assert cluster.wait_for_leader() == target
-    assert writer.unknown == []
+    assert writer.unknown == set() and writer.errors == []
     assert writer.longest_gap_after(asked) < 1.0, "more than an election timeout without writes"
-    acked = {n for n, _ in writer.acked}
+    acked = set(writer.acked)
     present = {row[0] for row in cluster.query(target, "SELECT n FROM w")}
     assert acked <= present, f"lost acknowledged writes: {sorted(acked - present)[:10]}"
     out = subprocess.run(

@@ -6,39 +6,15 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import replidb
-from replidb.testing.local_cluster import LocalCluster
+from replidb.testing.local_cluster import LocalCluster, NumberedWriter
 
 pytestmark = pytest.mark.slow
-
-
-class Writer(threading.Thread):
-    def __init__(self, connect: str) -> None:
-        super().__init__(daemon=True)
-        self.conn = replidb.connect(connect, timeout=8.0, autocommit=True)
-        self.acked: set[int] = set()
-        self.unknown: set[int] = set()
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        cursor = self.conn.cursor()
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            try:
-                cursor.execute("INSERT INTO k(n) VALUES (?)", (n,))
-                self.acked.add(n)
-            except replidb.OutcomeUnknown:
-                self.unknown.add(n)
-            except replidb.Unavailable:
-                time.sleep(0.05)
-        self.conn.close()
 
 
 def _discarded_ns(cluster: LocalCluster) -> dict[int, str]:
@@ -62,7 +38,7 @@ def test_five_leader_kills(tmp_path: Path, policy: str) -> None:
         conn = replidb.connect(cluster.connect, autocommit=True)
         conn.cursor().execute("CREATE TABLE k(n INTEGER PRIMARY KEY)")
         conn.close()
-        writer = Writer(cluster.connect)
+        writer = NumberedWriter(cluster.connect, "k", timeout=8.0)
         writer.start()
         for _ in range(5):
             time.sleep(rng.uniform(0.2, 1.2))
@@ -84,7 +60,7 @@ def test_five_leader_kills(tmp_path: Path, policy: str) -> None:
         cluster.wait_converged("k", nodes=cluster.ids, timeout=30, key="n")
         leader = cluster.wait_for_leader()
         final = {row[0] for row in cluster.query(leader, "SELECT n FROM k")}
-        lost = writer.acked - final
+        lost = set(writer.acked) - final
         print(
             f"{policy}: {len(writer.acked)} acknowledged, {len(writer.unknown)} unknown, "
             f"{len(lost)} acknowledged writes lost"
@@ -96,9 +72,11 @@ def test_five_leader_kills(tmp_path: Path, policy: str) -> None:
             discarded = _discarded_ns(cluster)
             missing = lost - set(discarded)
             assert missing == set(), f"lost and not kept in replidb_discarded: {sorted(missing)}"
-        # Exactly-once: retried writes (same client id and sequence) never doubled a row,
-        # and nothing appeared that the client never sent.
-        assert final <= writer.acked | writer.unknown | set(range(1, max(final, default=0) + 1))
+        # Exactly-once: a retry that met its own earlier copy would have been a UNIQUE
+        # error; and a write reported as failed (Unavailable) must not have applied.
+        assert writer.errors == []
+        assert final <= set(writer.acked) | writer.unknown
+        assert not final & writer.failed
     finally:
         cluster.stop_all()
 

@@ -8,21 +8,24 @@ the test fails), and only by the PID we got when we started it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import replidb
 from replidb.client.transport import Client, probe_status
 from replidb.errors import Error
 from replidb.transport import wire
 
-__all__ = ["LocalCluster", "free_ports", "pid_alive"]
+__all__ = ["LocalCluster", "NumberedWriter", "free_ports", "pid_alive"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -184,3 +187,41 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class NumberedWriter(threading.Thread):
+    """Inserts rows 1, 2, 3, ... into ``table(n)`` one at a time, and records each
+    outcome: acknowledged (with when), unknown, failed (nothing applied), or any other
+    error (a retried write that hit its own earlier copy would be a UNIQUE error)."""
+
+    def __init__(self, connect: str, table: str, timeout: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.conn = replidb.connect(connect, timeout=timeout, autocommit=True)
+        self.sql = f"INSERT INTO {table}(n) VALUES (?)"
+        self.acked: dict[int, float] = {}
+        self.unknown: set[int] = set()
+        self.failed: set[int] = set()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        cursor = self.conn.cursor()
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                cursor.execute(self.sql, (n,))
+                self.acked[n] = time.monotonic()
+            except replidb.OutcomeUnknown:
+                self.unknown.add(n)
+            except replidb.Unavailable:
+                self.failed.add(n)
+                time.sleep(0.05)
+            except Error as exc:
+                self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
+        self.conn.close()
+
+    def longest_gap_after(self, moment: float) -> float:
+        """The longest time without an acknowledgement, from ``moment`` on."""
+        times = [moment, *sorted(t for t in self.acked.values() if t >= moment)]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)

@@ -244,3 +244,37 @@ def test_shell_on_a_follower_writes_through_the_leader(cluster: LocalCluster) ->
     # The write went through the leader and reached every node.
     assert cluster.query(leader, "SELECT body FROM notes") == [["typed at a follower"]]
     cluster.wait_converged("notes")
+
+
+def test_nodes_do_not_outlive_a_killed_cluster_up(tmp_path: Path) -> None:
+    port = free_ports(3)[0]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "replidb",
+            "cluster",
+            "up",
+            "--nodes",
+            "3",
+            "--dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pid_files = [tmp_path / f"n{i}" / "pid" for i in (1, 2, 3)]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(p.exists() for p in pid_files):
+            time.sleep(0.05)
+        pids = [int(p.read_text()) for p in pid_files]
+    finally:
+        proc.kill()  # SIGKILL: cluster up gets no chance to stop its nodes itself
+        proc.wait(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not any(pid_alive(pid) for pid in pids), "a node outlived cluster up"

@@ -16,6 +16,7 @@ import click
 
 from replidb.core import parse_policy
 from replidb.node import Node, NodeConfig
+from replidb.node.process import die_with_parent
 from replidb.transport.peer import split_address
 
 __all__ = ["cluster", "parse_peers", "serve"]
@@ -264,7 +265,7 @@ def up(nodes: int, base_dir: Path, port: int, host: str, **options: Any) -> None
                 peers,
                 *extra,
             ]
-            children[node_id] = subprocess.Popen(command)
+            children[node_id] = subprocess.Popen(command, preexec_fn=die_with_parent)
             (data / "pid").write_text(f"{children[node_id].pid}\n")
             click.echo(f"node {node_id} on {address} (data {data}, pid {children[node_id].pid})")
         click.echo(f"cluster up: {','.join(addresses.values())} — Ctrl-C stops all nodes")

@@ -23,6 +23,7 @@ from typing import Any
 import replidb
 from replidb.client.transport import Client, probe_status
 from replidb.errors import Error
+from replidb.node.process import die_with_parent
 from replidb.transport import wire
 
 __all__ = ["LocalCluster", "NumberedWriter", "free_ports", "pid_alive"]
@@ -86,7 +87,9 @@ class LocalCluster:
             *self.extra,
         ]
         with (self.base / f"{node}.log").open("ab") as log_file:
-            self.procs[node] = subprocess.Popen(command, stdout=log_file, stderr=log_file)
+            self.procs[node] = subprocess.Popen(
+                command, stdout=log_file, stderr=log_file, preexec_fn=die_with_parent
+            )
 
     def start_all(self) -> None:
         for node in self.ids:

@@ -49,6 +49,7 @@ class Node:
         max_batch_entries: int = 256,
         pre_vote: bool = False,
         check_quorum: bool = False,
+        learners: tuple[str, ...] = (),
     ) -> None:
         self.id = node_id
         self.storage = storage or MemoryStorage()
@@ -61,6 +62,7 @@ class Node:
             policy=policy or CommitPolicy("async"),
             pre_vote=pre_vote,
             check_quorum=check_quorum,
+            learners=learners,
         )
         self.replica = Replica(
             self.config,

@@ -177,3 +177,45 @@ def test_a_closed_connection_to_a_live_leader_causes_no_election() -> None:
             deliver(nodes, nodes[node].tick())
     assert [nodes[n].replica.term for n in IDS] == [term] * 3
     assert nodes["n1"].replica.role is Role.LEADER
+
+
+def with_learner() -> dict[str, Node]:
+    ids = (*IDS, "n4")
+    return {
+        node: Node(node, ids, seed=i, pre_vote=True, check_quorum=True, learners=("n4",))
+        for i, node in enumerate(ids)
+    }
+
+
+def test_a_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
+    nodes = with_learner()
+    for _ in range(10 * ELECTION):  # the learner's timer never starts an election
+        assert nodes["n4"].tick() == []
+    assert nodes["n4"].replica.role is Role.FOLLOWER and nodes["n4"].replica.term == 0
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    entry = nodes["n1"].propose(b"to everyone")
+    heartbeat(nodes, "n1", 2)
+    assert nodes["n4"].storage.applied_index >= entry.index  # it applies like a follower
+    # Asked for a vote (even for a transfer, which overrides the lease), it says no.
+    reply = nodes["n4"].step(VoteRequest(9, "n2", 100, 8, transfer=True))
+    assert [m.granted for _, m in reply if isinstance(m, VoteReply)] == [False]
+    assert nodes["n4"].replica.vote is None
+
+
+def test_learners_count_for_no_majority() -> None:
+    # Two voters and a learner: if the learner counted, n1 + n3 would be 2 of 3.
+    nodes = {
+        node: Node(node, IDS, seed=i, pre_vote=True, check_quorum=True, learners=("n3",))
+        for i, node in enumerate(IDS)
+    }
+    elect(nodes, "n1")
+    heartbeat(nodes, "n1")
+    commit = nodes["n1"].replica.commit_index
+    nodes["n1"].propose(b"needs the other voter")
+    for _ in range(2 * ELECTION):  # n2 is down; only the learner answers
+        out = nodes["n1"].tick()
+        deliver(nodes, [(d, m) for d, m in out if d == "n3"])
+    assert nodes["n3"].replica.log.last_index > commit  # the learner has the entry...
+    assert nodes["n1"].replica.commit_index == commit  # ...which still did not commit
+    assert nodes["n1"].replica.role is Role.FOLLOWER  # and check-quorum ignored it too

@@ -81,6 +81,13 @@ def cluster_options(func: Any) -> Any:
             help="Commit policy: async, semi-sync:K, quorum or all.",
         ),
         click.option(
+            "--learners",
+            default="",
+            metavar="ID,...",
+            help="Non-voting members: they replicate and serve reads but never vote or "
+            "lead, and count for no majority.",
+        ),
+        click.option(
             "--on-sync-timeout",
             default="block",
             show_default=True,
@@ -113,6 +120,19 @@ def cluster_options(func: Any) -> Any:
     return func
 
 
+def _parse_learners(text: str, members: list[str]) -> tuple[str, ...]:
+    learners = tuple(sorted({n.strip() for n in text.split(",") if n.strip()}))
+    unknown = [n for n in learners if n not in members]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)} is not a member (members: {', '.join(sorted(members))})",
+            param_hint="--learners",
+        )
+    if len(learners) == len(members):
+        raise click.BadParameter("at least one member must vote", param_hint="--learners")
+    return learners
+
+
 def _check_policy(value: str, voters: int) -> None:
     try:
         policy = parse_policy(value)
@@ -142,6 +162,7 @@ def serve(
     topology: str,
     stream: str,
     sync_policy: str,
+    learners: str,
     on_sync_timeout: str,
     sync_timeout_ms: int,
     tick_ms: int,
@@ -163,7 +184,8 @@ def serve(
         raise click.BadParameter(str(exc)) from None
     if node_id in peer_map:
         raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
-    _check_policy(sync_policy, len(peer_map) + 1)
+    learner_ids = _parse_learners(learners, [node_id, *peer_map])
+    _check_policy(sync_policy, len(peer_map) + 1 - len(learner_ids))
     config = NodeConfig(
         node_id=node_id,
         data_dir=data_dir,
@@ -176,6 +198,7 @@ def serve(
         on_sync_timeout=on_sync_timeout,
         sync_timeout_ms=sync_timeout_ms,
         seed=seed,
+        learners=learner_ids,
     )
     logging.basicConfig(
         stream=sys.stderr,
@@ -230,7 +253,9 @@ def up(nodes: int, base_dir: Path, port: int, host: str, **options: Any) -> None
 
         replidb cluster up --nodes 3 --dir ./cluster --port 7101
     """
-    _check_policy(options["sync_policy"], nodes)
+    members = [f"n{i + 1}" for i in range(nodes)]
+    learners = _parse_learners(options["learners"], members)
+    _check_policy(options["sync_policy"], nodes - len(learners))
     addresses = {f"n{i + 1}": f"{host}:{port + i}" for i in range(nodes)}
     extra: list[str] = []
     for name, value in options.items():

@@ -23,6 +23,10 @@ Rules this module owns (and nothing else changes these fields):
   timeout steps down (and stops acknowledging writes); a node that has heard from a
   leader within the election timeout ignores vote requests for a higher term (the
   leader lease), unless the leader itself asked for the election (a transfer).
+- Learners (non-voting members, named in ``Config.learners``) receive the log and
+  apply it like any follower, but never campaign, never vote, and count for no
+  majority (commit, elections, check-quorum, semi-sync): read replicas, and later
+  partial followers, that can never become leader.
 - Leadership transfer (§3.10): the leader stops taking writes, brings the target up
   to date, and sends it TimeoutNow; the target campaigns at once. A transfer that has
   not finished within an election timeout is abandoned.
@@ -83,6 +87,7 @@ class Config:
     policy: CommitPolicy = field(default_factory=lambda: CommitPolicy("async"))
     pre_vote: bool = True
     check_quorum: bool = True
+    learners: tuple[str, ...] = ()  # non-voting members (may include this node)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,10 @@ class Replica:
         self.config = config
         self.id = config.node_id
         self.peers = tuple(sorted(p for p in config.peers if p != config.node_id))
+        learners = set(config.learners)
+        self.voters = frozenset(n for n in (self.id, *self.peers) if n not in learners)
+        self.voter_peers = tuple(p for p in self.peers if p in self.voters)
+        self.is_learner = self.id not in self.voters
         self.log = LogView(log)
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -152,7 +161,7 @@ class Replica:
             self._tick_leader()
             return
         self._elapsed += 1
-        if self._elapsed >= self._timeout:
+        if self._elapsed >= self._timeout and not self.is_learner:
             if self.config.pre_vote:
                 self._pre_campaign()
             else:
@@ -169,7 +178,7 @@ class Replica:
             # whole election timeout (fixed rounds took up to two timeouts: found by
             # tests/test_netns_partitions.py).
             limit = self.config.election_ticks
-            active = {p for p, progress in self._progress.items() if progress.idle_ticks < limit}
+            active = {p for p in self.voter_peers if self._progress[p].idle_ticks < limit}
             if not self._has_quorum(active | {self.id}):
                 self._become_follower(self.term, None)  # cut off: stop taking writes
                 return
@@ -210,7 +219,7 @@ class Replica:
         """Hand leadership to ``target``: stop taking writes, catch it up, TimeoutNow."""
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader)
-        if target not in self.peers:
+        if target not in self.voter_peers:
             raise ValueError(f"{target!r} is not another voter of this cluster")
         self.transferee = target
         self._transfer_elapsed = 0
@@ -231,7 +240,7 @@ class Replica:
         likely): stop trusting the leader's lease and campaign within a quarter of an
         election timeout instead of a whole one. Safe either way — elections are; if
         the leader is in fact alive, the other voters still in its lease refuse us."""
-        if self.role is not Role.FOLLOWER or self.leader is None:
+        if self.role is not Role.FOLLOWER or self.leader is None or self.is_learner:
             return
         base = self.config.election_ticks
         self._elapsed = base
@@ -358,7 +367,7 @@ class Replica:
         request = VoteRequest(
             self.term + 1, self.id, self.log.last_index, self.log.last_term, pre_vote=True
         )
-        for peer in self.peers:
+        for peer in self.voter_peers:
             self._messages.append((peer, request))
 
     def _campaign(self, transfer: bool = False) -> None:
@@ -376,7 +385,7 @@ class Replica:
         request = VoteRequest(
             self.term, self.id, self.log.last_index, self.log.last_term, transfer=transfer
         )
-        for peer in self.peers:
+        for peer in self.voter_peers:
             self._messages.append((peer, request))
 
     def _become_leader(self) -> None:
@@ -389,15 +398,19 @@ class Replica:
         self.log.append([Entry(self.term, last + 1, EntryKind.NOOP)])
         self._broadcast(heartbeat=False)
 
-    def _has_quorum(self, voters: set[str]) -> bool:
-        return len(voters) * 2 > len(self.peers) + 1
+    def _has_quorum(self, nodes: set[str]) -> bool:
+        """Do ``nodes`` include a majority of the voters?"""
+        return len(nodes & self.voters) * 2 > len(self.voters)
 
     # ---- votes ----------------------------------------------------------------
 
     def _on_vote_request(self, msg: VoteRequest) -> None:
         up_to_date = (msg.last_term, msg.last_index) >= (self.log.last_term, self.log.last_index)
-        # One vote per term; none for a term in which we already follow a leader.
-        free = self.vote == msg.sender or (self.vote is None and self.leader is None)
+        # One vote per term; none for a term in which we already follow a leader; none
+        # ever from a learner.
+        free = not self.is_learner and (
+            self.vote == msg.sender or (self.vote is None and self.leader is None)
+        )
         if msg.pre_vote:
             # Only a question: grant for a future term, never change our own state.
             granted = up_to_date and (msg.term > self.term or (msg.term == self.term and free))
@@ -539,8 +552,10 @@ class Replica:
             progress.next = entries[-1].index + 1
 
     def _maybe_commit(self) -> None:
-        matches = sorted([self.log.stable_last, *(p.match for p in self._progress.values())])
-        quorum = (len(self.peers) + 1) // 2 + 1
+        matches = sorted(
+            [self.log.stable_last, *(self._progress[p].match for p in self.voter_peers)]
+        )
+        quorum = len(self.voters) // 2 + 1
         candidate = matches[len(matches) - quorum]
         if candidate > self.commit_index and self.log.term(candidate) == self.term:
             self.commit_index = candidate
@@ -564,5 +579,5 @@ class Replica:
         if self.role is not Role.LEADER:
             return 0
         durable = min(self.log.stable_last, self.applied_index)
-        follower_match = [self._progress[p].match for p in self.peers]
+        follower_match = [self._progress[p].match for p in self.voter_peers]
         return policy.acked_index(durable, self.commit_index, follower_match)

@@ -69,6 +69,11 @@ class NodeConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     request_timeout_s: float = 5.0
     seed: int | None = None
+    learners: tuple[str, ...] = ()  # non-voting members (read replicas)
+
+    @property
+    def voters(self) -> int:
+        return sum(1 for n in (self.node_id, *self.peers) if n not in self.learners)
 
     def core_config(self) -> Config:
         return Config(
@@ -77,6 +82,7 @@ class NodeConfig:
             election_ticks=max(2, self.election_timeout_ms // self.tick_ms),
             heartbeat_ticks=max(1, self.heartbeat_ms // self.tick_ms),
             policy=self.policy,
+            learners=self.learners,
         )
 
 
@@ -124,7 +130,7 @@ class Node:
 
     @property
     def durability(self) -> str:
-        return str(guarantee(self.config.policy, len(self.config.peers) + 1))
+        return str(guarantee(self.config.policy, self.config.voters))
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -474,7 +480,7 @@ class Node:
         return wire.NodeStatus(
             id=self.id,
             address=self.config.listen,
-            role=replica.role.value,
+            role="learner" if replica.is_learner else replica.role.value,
             term=replica.term,
             leader=leader,
             leader_address=leader_address,

@@ -201,6 +201,9 @@ def test_a_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
     reply = nodes["n4"].step(VoteRequest(9, "n2", 100, 8, transfer=True))
     assert [m.granted for _, m in reply if isinstance(m, VoteReply)] == [False]
     assert nodes["n4"].replica.vote is None
+    nodes["n4"].replica._elapsed = ELECTION  # out of the leader's lease: a pre-vote too
+    reply = nodes["n4"].step(VoteRequest(12, "n2", 100, 11, pre_vote=True))
+    assert [m.granted for _, m in reply if isinstance(m, VoteReply)] == [False]
 
 
 def test_learners_count_for_no_majority() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import pytest
 
 from replidb.core import Entry, EntryKind, Replica, Role, VoteReply, VoteRequest, parse_policy
 from replidb.core.policy import guarantee
 from replidb.testing import InvariantViolation, MemoryStorage, SafetyChecker, main_sim, run
-from replidb.testing.sim import SimResult, run_seeds
+from replidb.testing.sim import Params, SimResult, run_seeds
 
 CI_SEEDS = range(500)
 # Seeds are independent: run them on the machine's cores (2 here: ~14 s instead of ~24).
@@ -63,6 +64,15 @@ def test_ci_seeds_hold_every_invariant() -> None:
     unsafe = [r for r in results if not _survives(r)]
     assert {r.policy for r in unsafe} == {"async", "semi-sync:1"}  # semi-sync:1 of 5 nodes
     assert sum(r.acked_lost for r in unsafe if r.policy != "async") > 0
+    # A third of the seeds add a learner, in any position; it is never leader, and it
+    # converges to the same applied state as everyone (checked by the liveness phase).
+    with_learner = [r for r in results if r.learners]
+    assert 0.25 * len(results) < len(with_learner) < 0.42 * len(results)
+    assert {r.nodes for r in with_learner} == {3, 5}
+    assert {r.learners[0] for r in with_learner} == {f"n{i}" for i in range(1, 7)}
+    assert all(r.learners_led == 0 for r in results)
+    assert all(r.learner_applied == r.committed for r in with_learner)
+    assert all(r.learner_applied == 0 for r in results if not r.learners)
 
 
 def _survives(result: SimResult) -> bool:
@@ -124,6 +134,55 @@ def test_a_broken_vote_rule_is_caught(monkeypatch: pytest.MonkeyPatch, broken: o
     with pytest.raises(InvariantViolation) as info:
         run(caught[0].seed, raise_on_violation=True)
     assert str(info.value) == caught[0].violations[0]
+
+
+LEARNER_SEEDS = [seed for seed in range(40) if Params.for_seed(seed).learners][:6]
+
+
+def _tick_ignoring_learners(self: Replica) -> None:
+    """Broken on purpose: a learner's election timer fires like a voter's."""
+    if self.role is Role.LEADER:
+        self._tick_leader()
+        return
+    self._elapsed += 1
+    if self._elapsed >= self._timeout:
+        if self.config.pre_vote:
+            self._pre_campaign()
+        else:
+            self._campaign()
+
+
+def _learner_counts_itself_a_voter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken on purpose: a learner ignores ``Config.learners`` for itself."""
+    init = Replica.__init__
+
+    def broken(self: Replica, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if self.is_learner:
+            self.is_learner = False
+            self.voters = self.voters | {self.id}
+
+    monkeypatch.setattr(Replica, "__init__", broken)
+
+
+@pytest.mark.parametrize("mutation", ["tick", "tick, roles only", "self-voter"])
+def test_a_campaigning_learner_is_caught(monkeypatch: pytest.MonkeyPatch, mutation: str) -> None:
+    assert len(LEARNER_SEEDS) == 6
+    if mutation.startswith("tick"):
+        monkeypatch.setattr(Replica, "tick", _tick_ignoring_learners)
+    if mutation == "tick, roles only":  # without the check on what learners send
+        monkeypatch.setattr(SafetyChecker, "on_send", lambda self, node, to, msg: None)
+    else:
+        _learner_counts_itself_a_voter(monkeypatch)
+    caught = [r for r in (run(seed) for seed in LEARNER_SEEDS) if r.violations]
+    assert caught, f"the checkers missed a campaigning learner on seeds {LEARNER_SEEDS}"
+    for result in caught:
+        learner = result.learners[0]
+        assert re.match(
+            rf"seed={result.seed} step=\d+ node={learner}: learner "
+            + ("became pre-candidate" if mutation == "tick, roles only" else "(became|asked)"),
+            result.violations[0],
+        ), result.violations[0]
 
 
 def test_rolled_back_writes_are_kept_in_discarded() -> None:
@@ -191,12 +250,12 @@ def test_summary_line_format_is_stable() -> None:
     assert re.fullmatch(
         r"seed 3: ok nodes=\d policy=\S+ steps=\d+ ticks=\d+ writes=\d+ acked=\d+ "
         r"acked_lost=\d+ committed=\d+ leaders=\d+ crashes=\d+ max_batches_in_flight=\d+ "
-        r"terms=\d+ campaigns=\d+ pre_votes=\d+ discarded=\d+",
+        r"terms=\d+ campaigns=\d+ pre_votes=\d+ discarded=\d+( learners=n\d)?",
         result.summary(),
     ), result.summary()
     assert 0 < result.leaders_elected <= result.campaigns <= result.pre_votes
     ends = [line for line in result.trace if " end n" in line]
-    assert len(ends) == result.nodes
+    assert len(ends) == result.nodes + len(result.learners)
     for line in ends:
         assert re.fullmatch(
             r"\d+ @\d+ end n\d term=\d+ last=\d+ commit=\d+ applied=\d+ discarded=\d+", line

@@ -413,7 +413,11 @@ class Replica:
         )
         if msg.pre_vote:
             # Only a question: grant for a future term, never change our own state.
-            granted = up_to_date and (msg.term > self.term or (msg.term == self.term and free))
+            granted = (
+                not self.is_learner
+                and up_to_date
+                and (msg.term > self.term or (msg.term == self.term and free))
+            )
             reply_term = msg.term if granted else self.term
             self._messages.append((msg.sender, VoteReply(reply_term, self.id, granted, True)))
             return

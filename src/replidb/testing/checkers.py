@@ -15,7 +15,11 @@ Invariants (Raft §5.2-§5.4, plus what replidb adds on top):
 4. applied states are prefixes of the committed sequence; only a node that has been
    leader may have applied entries beyond it (the leader applies its whole log);
 5. convergence (liveness phase): one leader, all commit indexes at its last index,
-   identical logs and applied states.
+   identical logs and applied states (learners included);
+6. learners (non-voting members) never leave the follower role (never pre-campaign,
+   campaign or lead), never send a vote request, never grant a vote and never hold a
+   durable vote. Majorities (the acknowledged-writes rule) count voters only: the
+   simulator passes ``acks_must_survive`` computed from the number of voters.
 
 Durable terms never go back and a durable vote never changes within a term. Under a
 policy that waits for a majority, an acknowledged write must end up committed.
@@ -37,7 +41,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from replidb.core.messages import Entry, HardState, Role
+from replidb.core.messages import Entry, HardState, PeerMessage, Role, VoteReply, VoteRequest
 from replidb.core.replica import Replica
 from replidb.testing.memory import MemoryStorage
 
@@ -82,8 +86,15 @@ class _Mark:
 
 
 class SafetyChecker:
-    def __init__(self, seed: int, node_ids: Sequence[str], acks_must_survive: bool) -> None:
+    def __init__(
+        self,
+        seed: int,
+        node_ids: Sequence[str],
+        acks_must_survive: bool,
+        learners: Collection[str] = (),
+    ) -> None:
         self.seed = seed
+        self.learners = frozenset(learners)
         self.step = 0
         self.committed: list[Entry] = []  # committed[i - 1] is the entry committed at i
         # The term of the node that first reported index i committed: every leader of
@@ -108,7 +119,9 @@ class SafetyChecker:
     # ---- events reported by the simulator while it handles a Ready -------------
 
     def observe_role(self, node: str, role: Role, term: int) -> None:
-        """(1) one leader per term, ever."""
+        """(1) one leader per term, ever; (6) a learner is only ever a follower."""
+        if role is not Role.FOLLOWER and node in self.learners:
+            self.fail(node, f"learner became {role.value} in term {term}")
         if role is not Role.LEADER:
             return
         self._marks[node].ever_leader = True
@@ -121,6 +134,20 @@ class SafetyChecker:
             self.fail(node, f"durable term went back from {old.term} to {new.term}")
         if new.term == old.term and old.vote is not None and new.vote != old.vote:
             self.fail(node, f"second vote in term {new.term}: {old.vote} then {new.vote}")
+        if new.vote is not None and node in self.learners:
+            self.fail(node, f"learner voted for {new.vote} in term {new.term}")
+
+    def on_send(self, node: str, to: str, msg: PeerMessage) -> None:
+        """(6) a learner neither asks for votes nor grants one (pre-votes included:
+        no voter should even ask it)."""
+        if node not in self.learners:
+            return
+        if isinstance(msg, VoteRequest):
+            kind = "pre-vote" if msg.pre_vote else "vote"
+            self.fail(node, f"learner asked {to} for a {kind} in term {msg.term}")
+        if isinstance(msg, VoteReply) and msg.granted:
+            kind = "pre-vote" if msg.pre_vote else "vote"
+            self.fail(node, f"learner granted {to} its {kind} in term {msg.term}")
 
     def on_persist(self, node: str, entry: Entry) -> None:
         """(2) a (term, index) pair is created once, by the one leader of that term."""

@@ -27,6 +27,7 @@ before it handles one batch, so the node catches up at its next tick.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import multiprocessing
@@ -57,7 +58,7 @@ _CUT_POINTS = ("hard state", "truncate", "append", "send", "apply", "ack")
 class Params:
     """Everything about a run's shape and fault rates, drawn from the seed."""
 
-    nodes: int
+    nodes: int  # voters
     election_ticks: int
     heartbeat_ticks: int
     max_batch_entries: int
@@ -70,6 +71,10 @@ class Params:
     fault_rate: float  # probability of a fault on each world tick
     propose_rate: float  # client writes per world tick (geometric)
     defer_ready: float  # probability a node takes more input before handling its Ready
+    # Non-voting members (one, in a third of the seeds): they replicate and apply the
+    # log but never campaign, vote or count for a majority. Drawn last, so a seed
+    # without one keeps the shape it had before learners existed.
+    learners: tuple[str, ...] = ()
 
     @staticmethod
     def draw(rng: random.Random) -> Params:
@@ -77,7 +82,7 @@ class Params:
         policies = ["async", "quorum", "all", "semi-sync:1"] + (
             ["semi-sync:2"] if nodes == 5 else []
         )
-        return Params(
+        params = Params(
             nodes=nodes,
             election_ticks=rng.randint(8, 14),
             heartbeat_ticks=rng.randint(1, 3),
@@ -92,10 +97,25 @@ class Params:
             propose_rate=rng.uniform(0.2, 0.8),
             defer_ready=rng.choice((0.0, 0.0, 0.3, 0.7)),
         )
+        if rng.random() < 1 / 3:
+            # Any position, so a learner is sometimes the first peer in sorted order.
+            learner = f"n{rng.randint(1, nodes + 1)}"
+            params = dataclasses.replace(params, learners=(learner,))
+        return params
+
+    @staticmethod
+    def for_seed(seed: int) -> Params:
+        """The parameters a run of ``seed`` draws (its first random stream)."""
+        return Params.draw(random.Random(random.Random(seed).getrandbits(64)))
+
+    def ids(self) -> list[str]:
+        """Every member, voters and learners, in sorted order."""
+        return [f"n{i}" for i in range(1, self.nodes + len(self.learners) + 1)]
 
     def acks_must_survive(self) -> bool:
         """Does the policy promise that acknowledged writes survive failover? The
-        checkers then hold it to that promise."""
+        checkers then hold it to that promise. Only the voters (``nodes``) count:
+        learners neither elect a leader nor acknowledge a write."""
         return guarantee(self.policy, self.nodes).safe
 
 
@@ -139,7 +159,7 @@ class _Crashed(Exception):
 @dataclass
 class SimResult:
     seed: int
-    nodes: int
+    nodes: int  # voters
     policy: str
     steps: int
     ticks: int
@@ -161,6 +181,9 @@ class SimResult:
     discarded: int = 0  # rolled-back writes kept in the nodes' replidb_discarded, in all
     rolled_back: int = 0  # applied entries rolled back by truncations, in all
     faults: dict[str, int] = field(default_factory=dict)  # kind -> count (see _inject_fault)
+    learners: tuple[str, ...] = ()  # non-voting members (in addition to ``nodes`` voters)
+    learners_led: int = 0  # terms in which a learner was leader (a checker forbids any)
+    learner_applied: int = 0  # entries the learners had applied at the end, in all
 
     def summary(self) -> str:
         status = "ok" if not self.violations else "VIOLATION"
@@ -172,6 +195,7 @@ class SimResult:
             f"max_batches_in_flight={self.max_batches_in_flight} "
             f"terms={self.terms} campaigns={self.campaigns} pre_votes={self.pre_votes} "
             f"discarded={self.discarded}"
+            + (f" learners={','.join(self.learners)}" if self.learners else "")
         )
 
 
@@ -179,7 +203,7 @@ class Simulation:
     def __init__(self, seed: int, safety_steps: int, liveness_ticks: int) -> None:
         master = random.Random(seed)
         # Independent streams, so that e.g. one more fault does not shift every delay.
-        self.params = Params.draw(random.Random(master.getrandbits(64)))
+        self.params = Params.draw(random.Random(master.getrandbits(64)))  # as for_seed
         self._net = random.Random(master.getrandbits(64))
         self._faults = random.Random(master.getrandbits(64))
         self._client = random.Random(master.getrandbits(64))
@@ -188,7 +212,8 @@ class Simulation:
         self.safety_steps = safety_steps
         self.liveness_ticks = liveness_ticks
         p = self.params
-        ids = [f"n{i}" for i in range(1, p.nodes + 1)]
+        ids = p.ids()
+        self.learners = frozenset(p.learners)
         self.configs = {
             node: Config(
                 node_id=node,
@@ -198,6 +223,7 @@ class Simulation:
                 max_batch_entries=p.max_batch_entries,
                 max_apply_entries=p.max_apply_entries,
                 policy=p.policy,
+                learners=p.learners,  # the same tuple on every node
             )
             for node in ids
         }
@@ -212,7 +238,7 @@ class Simulation:
             for node in ids
         ]
         self.by_id = {node.id: node for node in self.nodes}
-        self.checker = SafetyChecker(seed, ids, p.acks_must_survive())
+        self.checker = SafetyChecker(seed, ids, p.acks_must_survive(), learners=p.learners)
         self.trace: list[str] = []
         self._queue: list[tuple[int, int, _Event]] = []
         self._seq = 0
@@ -245,6 +271,7 @@ class Simulation:
             f"heartbeat={p.heartbeat_ticks} loss={p.loss} dup={p.dup} "
             f"delay<={p.max_delay} faults={p.fault_rate:.3f} batch={p.max_batch_entries} "
             f"apply={p.max_apply_entries} defer={p.defer_ready}"
+            + (f" learners={','.join(p.learners)}" if p.learners else "")
         )
         for node in self.nodes:
             self._start(node)
@@ -408,7 +435,10 @@ class Simulation:
         if cut == 3:
             self._cut(node, 3)
         requests: set[VoteRequest] = set()  # one per campaign, sent to every peer
+        learner = node.id in self.learners
         for to, msg in ready.messages:
+            if learner:
+                check.on_send(node.id, to, msg)
             if isinstance(msg, VoteRequest):
                 requests.add(msg)
             self._send(node.id, to, msg)
@@ -469,7 +499,8 @@ class Simulation:
             ("crash", "restart", "split", "isolate", "oneway", "heal", "pause"),
             weights=(3, 4, 2, 2, 1, 3, 2),
         )[0]
-        if len(down) > len(self.nodes) // 2 and rng.random() < 0.5:
+        voters_down = sum(1 for n in down if n.id not in self.learners)
+        if voters_down > self.params.nodes // 2 and rng.random() < 0.5:
             kind = "restart"  # bias towards a working majority, without forcing one
         ids = [n.id for n in self.nodes]
         if kind == "crash" and up:
@@ -568,6 +599,8 @@ class Simulation:
         node = self._client.choice(ready)
         replica = node.replica
         assert replica is not None
+        if node.id in self.learners:  # (the checkers would already have objected)
+            self.checker.fail(node.id, "a client write went to a learner")
         self.writes += 1
         data = b"w%d" % self.writes
         # The caller executes the write and logs it atomically before telling the core.
@@ -654,6 +687,11 @@ class Simulation:
             discarded=sum(len(node.storage.discarded) for node in self.nodes),
             rolled_back=self.rolled_back,
             faults=dict(sorted(self.faults.items())),
+            learners=self.params.learners,
+            learners_led=sum(1 for n in self.checker.leaders.values() if n in self.learners),
+            learner_applied=sum(
+                len(node.storage.applied) for node in self.nodes if node.id in self.learners
+            ),
         )
 
 

@@ -217,6 +217,14 @@ def test_status_json_reports_every_node(cluster: LocalCluster) -> None:
             "healthy",
         } <= set(node)
         assert node["healthy"] is True
+    text = subprocess.run(
+        [sys.executable, "-m", "replidb", "discarded", "--connect", cluster.connect],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "0 discarded transaction(s)" in text and "changes" in text
 
 
 def test_shell_on_a_follower_writes_through_the_leader(cluster: LocalCluster) -> None:

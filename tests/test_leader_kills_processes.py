@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,5 +132,22 @@ def test_ids_from_discarded_writes_are_never_given_to_other_rows(tmp_path: Path)
         assert lost, f"nothing was lost, so nothing was tested: {final}"
         assert all(handed_out[i].startswith("doomed") for i in lost)
         assert cluster.query(leader, "SELECT count(*) FROM replidb_discarded")[0][0] == len(lost)
+        # The same, as a user sees it.
+        out = subprocess.run(
+            [sys.executable, "-m", "replidb", "discarded", "--connect", cluster.connect, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        report = json.loads(out)
+        assert report["total"] == len(lost) and report["unreachable"] == []
+        shown = {
+            change["after"]["id"]
+            for row in report["nodes"][leader]
+            for change in row["changes"]
+            if change.get("table") == "users"
+        }
+        assert shown == lost
     finally:
         cluster.stop_all()

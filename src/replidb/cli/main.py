@@ -21,11 +21,12 @@ cli.add_command(cluster)
 
 def _add_optional_commands() -> None:
     from replidb.cli.admin_cmd import transfer_leader_command
+    from replidb.cli.discarded_cmd import discarded
     from replidb.cli.sim_cmd import sim
     from replidb.cli.sql_cmd import sql
     from replidb.cli.status_cmd import status
 
-    for command in (sql, status, sim, transfer_leader_command):
+    for command in (sql, status, sim, transfer_leader_command, discarded):
         cli.add_command(command)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from replidb.errors import BadRequest, ConstraintError, Error, InternalError, SQLError
+from replidb.storage import ddl_undo
 from replidb.storage.rowid_guard import add_autoincrement, split_sql
 from replidb.stream.changeset import iter_changeset
 from replidb.stream.logical import DDL, Changes, Segment
@@ -214,11 +215,23 @@ def capture_changes(
         if bindings:
             raise SQLError("DDL with parameters cannot be replicated: inline the values")
         guard.user = False
+        temporary = _TEMP_RE.match(sql) is not None
+        undo = None if temporary else ddl_undo.plan(conn, sql)
+        if undo is not None and undo.pre:
+            # Record what the DDL will destroy as row changes, in the current segment.
+            conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
+            try:
+                for statement in undo.pre:
+                    conn.execute(statement)
+            finally:
+                conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1)
         _flush(conn, session, segments)
         session = _new_session(conn)
         guard.user = True
-        if not _TEMP_RE.match(sql):  # temp objects live and die on this connection only
-            segments.append(DDL(sql.strip().rstrip(";").strip()))
+        if not temporary:  # temp objects live and die on this connection only
+            segments.append(
+                DDL(sql.strip().rstrip(";").strip(), undo.undo if undo is not None else None)
+            )
 
     guard.user = True
     try:

@@ -228,7 +228,11 @@ class SQLiteStore:
                 inverse = apsw.Changeset.invert(segment.changeset)
                 apsw.Changeset.apply(inverse, self.writer, conflict=_refuse_conflict)
                 continue
-            created = _CREATE_RE.match(segment.sql)
+            if segment.undo is not None:
+                for statement in segment.undo:
+                    self.writer.execute(statement)
+                continue
+            created = _CREATE_RE.match(segment.sql)  # records written before undo existed
             if created is None:
                 raise InternalError(
                     f"cannot roll back DDL {segment.sql!r}: this node needs a resync"

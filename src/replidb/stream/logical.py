@@ -1,7 +1,8 @@
 """The ``logical`` stream, format version 1: one write transaction as a record.
 
     WriteRecord   {segments: [Segment...], version: 1, schema_version: int}
-    Segment       DDL {sql}                        a schema change, replayed as is
+    Segment       DDL {sql, undo}                  a schema change, replayed as is;
+                                                   undo: how to reverse it, or None
                 | Changes {changeset, columns}     row changes since the previous DDL
     columns       {table: [column name, ...]}      names of the changeset's columns, in
                                                    order; "rowid" first for a table
@@ -50,6 +51,9 @@ FORMAT_VERSION = 1
 
 class DDL(msgspec.Struct, frozen=True, tag="ddl"):
     sql: str
+    # Statements that reverse it, for a node that must roll it back; None: not known
+    # to be reversible (then such a node needs a resync).
+    undo: list[str] | None = None
 
 
 class Changes(msgspec.Struct, frozen=True, tag="changes"):

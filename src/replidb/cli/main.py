@@ -22,11 +22,13 @@ cli.add_command(cluster)
 def _add_optional_commands() -> None:
     from replidb.cli.admin_cmd import transfer_leader_command
     from replidb.cli.discarded_cmd import discarded
+    from replidb.cli.explain_cmd import explain_replication
     from replidb.cli.sim_cmd import sim
     from replidb.cli.sql_cmd import sql
     from replidb.cli.status_cmd import status
 
-    for command in (sql, status, sim, transfer_leader_command, discarded):
+    commands = (sql, status, sim, transfer_leader_command, discarded, explain_replication)
+    for command in commands:
         cli.add_command(command)
 
 

@@ -152,6 +152,13 @@ def _check_policy(value: str, voters: int) -> None:
 @click.option("--listen", required=True, help="HOST:PORT for peers and clients.")
 @click.option("--peers", default="", help="The other nodes: ID=HOST:PORT,...")
 @click.option("--seed", type=int, default=None, help="Seed election timeouts (testing).")
+@click.option(
+    "--debug-peer-delay-ms",
+    type=click.IntRange(0, 60_000),
+    default=0,
+    hidden=True,
+    help="Fault injection: hold each message from a peer this long.",
+)
 @cluster_options
 def serve(
     node_id: str,
@@ -159,6 +166,7 @@ def serve(
     listen: str,
     peers: str,
     seed: int | None,
+    debug_peer_delay_ms: int,
     topology: str,
     stream: str,
     sync_policy: str,
@@ -199,6 +207,7 @@ def serve(
         sync_timeout_ms=sync_timeout_ms,
         seed=seed,
         learners=learner_ids,
+        debug_peer_delay_ms=debug_peer_delay_ms,
     )
     logging.basicConfig(
         stream=sys.stderr,

@@ -341,14 +341,17 @@ class Connection:
 
 def connect(
     addresses: str | list[str],
-    consistency: str = "any",
+    consistency: str = "session",
     timeout: float = 10.0,
     autocommit: bool = False,
     sync: str | None = None,
 ) -> Connection:
     """Connect to a replidb cluster. ``addresses``: ``"h1:p1,h2:p2"`` or a list.
 
-    ``sync`` overrides the cluster's commit policy for this connection's writes
+    ``consistency`` applies to every read: ``session`` (the default: you read your own
+    writes and never go back in time, wherever your reads land), ``any`` (whatever the
+    node you reach has applied) or ``leader``. ``sync`` overrides the cluster's commit
+    policy for this connection's writes
     (``async``, ``semi-sync:K``, ``quorum``, ``all``), like PostgreSQL's
     ``synchronous_commit``; set ``conn.sync`` to change it for later transactions.
     Nothing is sent yet: the first request goes to the first reachable address."""

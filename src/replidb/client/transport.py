@@ -232,6 +232,9 @@ class Client:
         self.consistency = check_consistency(consistency)
         self.sync = check_sync(sync)
         self.max_term = 0  # the newest leader term seen: a staler leader refuses our writes
+        # The session token: the newest log position any answer reflected. With
+        # consistency "session", no node answers before it has applied this much.
+        self.position = 0
         self.client_id = client_id or uuid.uuid4().hex
         self.last_address: str | None = None  # the node that answered last
         self._seq = 0
@@ -287,6 +290,8 @@ class Client:
             consistency=self.consistency,
             sync=self.sync if exactly_once else "",
             term=self.max_term,
+            # Only reads wait for the token: writes go to the leader, which has it all.
+            min_position=self.position if self.consistency == "session" and not write else 0,
         )
         reply = self._call(request, to_leader=write or dry_run, write=exactly_once, timeout=timeout)
         if not isinstance(reply, wire.ExecuteReply):  # _call checked; this informs mypy
@@ -370,6 +375,7 @@ class Client:
                 if not isinstance(reply, wire.ExecuteReply) or reply.error_kind is None:
                     if isinstance(reply, wire.ExecuteReply):
                         self.max_term = max(self.max_term, reply.term)
+                        self.position = max(self.position, reply.position)
                     self.last_address = address
                     if not from_hint:
                         self._current = index

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from replidb.core import (
     Append,
     AppendReply,
@@ -70,6 +72,7 @@ class NodeConfig:
     request_timeout_s: float = 5.0
     seed: int | None = None
     learners: tuple[str, ...] = ()  # non-voting members (read replicas)
+    debug_peer_delay_ms: int = 0  # fault injection: hold every peer message this long
 
     @property
     def voters(self) -> int:
@@ -258,26 +261,37 @@ class Node:
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _peer_loop(self, peer: str, reader: asyncio.StreamReader) -> None:
         if peer not in self.links:
             raise ProtocolError(f"hello from {peer!r}, which is not a member of this cluster")
+        loop = asyncio.get_running_loop()
+        delay = self.config.debug_peer_delay_ms / 1000
         while (message := await read_message(reader, self.config.max_frame)) is not None:
             if isinstance(message, VoteRequest | VoteReply | Append | AppendReply | TimeoutNow):
                 if message.sender != peer:
                     raise ProtocolError(f"{peer} sent a message signed {message.sender}")
-                self.replica.step(message)
-                self._drive()
-            elif isinstance(message, wire.Forward):
-                self._spawn(self._serve_forward(message))
-            elif isinstance(message, wire.ForwardReply):
-                _, future = self._forwards.get(message.id, (None, None))
-                if future is not None and not future.done():
-                    future.set_result(message.reply)
-            else:
+            elif not isinstance(message, wire.Forward | wire.ForwardReply):
                 raise ProtocolError(f"{peer} sent {type(message).__name__} on a peer link")
+            if delay:
+                # Fault injection: every message arrives late (added latency, same order),
+                # so tests can hold a replica deliberately behind.
+                loop.call_later(delay, self._on_peer_message, message)
+            else:
+                self._on_peer_message(message)
+
+    def _on_peer_message(self, message: wire.Message) -> None:
+        if isinstance(message, VoteRequest | VoteReply | Append | AppendReply | TimeoutNow):
+            self.replica.step(message)
+            self._drive()
+        elif isinstance(message, wire.Forward):
+            self._spawn(self._serve_forward(message))
+        elif isinstance(message, wire.ForwardReply):
+            _, future = self._forwards.get(message.id, (None, None))
+            if future is not None and not future.done():
+                future.set_result(message.reply)
 
     async def _client_loop(
         self, first: wire.Message, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -353,11 +367,24 @@ class Node:
     async def execute(self, request: wire.Execute, allow_forward: bool = True) -> wire.ExecuteReply:
         """Serve reads here; send writes to the leader (or run them, if we lead)."""
         try:
+            level = request.consistency or "any"
+            if level.startswith(("bounded", "linearizable")):
+                raise BadRequest(
+                    f"consistency {level!r} is not available yet; use any, session or leader"
+                )
+            if not request.dry_run and level == "leader" and self.replica.role is not Role.LEADER:
+                return await self._write(request, allow_forward)  # a read, run by the leader
             if not request.dry_run:
+                if level == "session":
+                    await self._wait_applied(request.min_position)
                 try:
                     results = self.store.execute_read(request.statements)
                     return wire.ExecuteReply(
-                        request.id, results, node=self.id, term=self.replica.term
+                        request.id,
+                        results,
+                        node=self.id,
+                        term=self.replica.term,
+                        position=self.replica.applied_index,
                     )
                 except NeedsWrite:
                     pass
@@ -384,6 +411,18 @@ class Node:
                 error=f"internal error: {exc}",
                 node=self.id,
             )
+
+    async def _wait_applied(self, position: int) -> None:
+        """Session consistency: answer only once this node has applied ``position``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        while self.replica.applied_index < position:
+            if loop.time() >= deadline:
+                raise Unavailable(
+                    f"{self.id} has applied up to {self.replica.applied_index}, the session "
+                    f"has seen {position}; try another node"
+                )
+            await asyncio.sleep(self.config.tick_ms / 1000 / 5)
 
     async def _write(self, request: wire.Execute, allow_forward: bool) -> wire.ExecuteReply:
         loop = asyncio.get_running_loop()
@@ -423,7 +462,13 @@ class Node:
         if outcome.duplicate:
             index = outcome.index  # a retry: answer once the original is acknowledged
         elif outcome.data is None:
-            return wire.ExecuteReply(request.id, outcome.results, node=self.id, term=term)
+            return wire.ExecuteReply(
+                request.id,
+                outcome.results,
+                node=self.id,
+                term=term,
+                position=self.replica.applied_index,
+            )
         else:
             entry = self.replica.propose_applied(outcome.data)
             if entry.index != index:
@@ -441,7 +486,9 @@ class Node:
                 f"write at index {index} not acknowledged under {policy or self.config.policy} "
                 f"within {self.config.request_timeout_s}s"
             ) from None
-        return wire.ExecuteReply(request.id, outcome.results, node=self.id, index=index, term=term)
+        return wire.ExecuteReply(
+            request.id, outcome.results, node=self.id, index=index, term=term, position=index
+        )
 
     async def _forward(
         self, request: wire.Execute, leader: str, deadline: float
@@ -458,16 +505,7 @@ class Node:
             raise OutcomeUnknown(f"leader {leader} did not answer the forwarded write") from None
         finally:
             self._forwards.pop(forward_id, None)
-        return wire.ExecuteReply(
-            request.id,
-            reply.results,
-            reply.error_kind,
-            reply.error,
-            reply.leader_address,
-            reply.node,
-            reply.index,
-            reply.term,
-        )
+        return msgspec.structs.replace(reply, id=request.id)
 
     # ---- status ----------------------------------------------------------------
 

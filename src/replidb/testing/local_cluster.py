@@ -51,7 +51,13 @@ def free_ports(count: int) -> list[int]:
 
 
 class LocalCluster:
-    def __init__(self, base: Path, nodes: int = 3, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        nodes: int = 3,
+        extra: tuple[str, ...] = (),
+        node_extra: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.base = base
         self.ids = [f"n{i + 1}" for i in range(nodes)]
         ports = free_ports(nodes)
@@ -59,6 +65,7 @@ class LocalCluster:
             node: f"127.0.0.1:{port}" for node, port in zip(self.ids, ports, strict=True)
         }
         self.extra = extra
+        self.node_extra = node_extra or {}  # options for one node only
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -85,6 +92,7 @@ class LocalCluster:
             "--peers",
             peers,
             *self.extra,
+            *self.node_extra.get(node, ()),
         ]
         with (self.base / f"{node}.log").open("ab") as log_file:
             self.procs[node] = subprocess.Popen(

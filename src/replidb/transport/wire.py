@@ -59,6 +59,7 @@ class Execute(msgspec.Struct, frozen=True, tag="execute"):
     dry_run: bool = False
     consistency: str = "any"
     sync: str = ""  # this transaction's commit policy; "" = the cluster's
+    min_position: int = 0  # consistency "session": serve only once this index is applied
     term: int = 0  # the highest term this client has seen (fencing of stale leaders)
 
 
@@ -78,6 +79,7 @@ class ExecuteReply(msgspec.Struct, frozen=True, tag="execute_reply"):
     node: str = ""
     index: int = 0  # log index of the write, 0 for a read
     term: int = 0
+    position: int = 0  # the log position this answer reflects (the session token)
 
 
 class Forward(msgspec.Struct, frozen=True, tag="forward"):

@@ -32,26 +32,28 @@ def _create_table(connect: str) -> None:
     conn.close()
 
 
+def _cluster_up(directory: Path, output: int) -> tuple[int, subprocess.Popen[bytes]]:
+    """`replidb cluster up --nodes 3` on three consecutive free ports: (first port, process)."""
+    port = free_ports(3)[0]
+    command = [
+        sys.executable,
+        "-m",
+        "replidb",
+        "cluster",
+        "up",
+        "--nodes",
+        "3",
+        "--dir",
+        str(directory),
+        "--port",
+        str(port),
+    ]
+    return port, subprocess.Popen(command, stdout=output, stderr=output)
+
+
 def test_cluster_up_elects_a_leader_within_3s_and_replicates_1000_rows(tmp_path: Path) -> None:
-    port = free_ports(3)[0]  # three consecutive free ports, as cluster up needs
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "replidb",
-            "cluster",
-            "up",
-            "--nodes",
-            "3",
-            "--dir",
-            str(tmp_path / "c"),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    port, proc = _cluster_up(tmp_path / "c", subprocess.PIPE)
     local = LocalCluster(tmp_path)
     local.addresses = {f"n{i + 1}": f"127.0.0.1:{port + i}" for i in range(3)}
     try:
@@ -255,24 +257,7 @@ def test_shell_on_a_follower_writes_through_the_leader(cluster: LocalCluster) ->
 
 
 def test_nodes_do_not_outlive_a_killed_cluster_up(tmp_path: Path) -> None:
-    port = free_ports(3)[0]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "replidb",
-            "cluster",
-            "up",
-            "--nodes",
-            "3",
-            "--dir",
-            str(tmp_path),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    _, proc = _cluster_up(tmp_path, subprocess.DEVNULL)
     try:
         pid_files = [tmp_path / f"n{i}" / "pid" for i in (1, 2, 3)]
         deadline = time.monotonic() + 15

@@ -71,12 +71,11 @@ class AckTracker:
         if replica.role is not Role.LEADER:
             self.fail_all(f"this node is no longer the leader (term {replica.term})")
             return
+        # Degraded, every waiter is held to async; otherwise each to its own policy.
         acked = {
-            str(p): replica.acked_for(p)
-            for p in {str(w.policy): w.policy for w in self._waiting}.values()
+            w.policy: replica.acked_for(_ASYNC if self.degraded else w.policy)
+            for w in self._waiting
         }
-        if self.degraded:
-            acked = dict.fromkeys(acked, replica.acked_for(_ASYNC))
         still: list[_Waiter] = []
         for waiter in self._waiting:
             if waiter.future.done():
@@ -85,7 +84,7 @@ class AckTracker:
                 waiter.future.set_exception(
                     OutcomeUnknown("leadership changed while the write waited")
                 )
-            elif waiter.index <= acked[str(waiter.policy)] and (
+            elif waiter.index <= acked[waiter.policy] and (
                 not waiter.committed or waiter.index <= replica.commit_index
             ):
                 waiter.future.set_result(None)

@@ -23,8 +23,9 @@ from replidb.testing.local_cluster import LocalCluster
 from replidb.transport import wire
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK_BEGIN = "<!-- failover:begin -->"
-MARK_END = "<!-- failover:end -->"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report import write_section  # noqa: E402
 
 
 def _create(cluster: LocalCluster) -> None:
@@ -169,7 +170,6 @@ def report(
     stall_ms: int,
 ) -> str:
     lines = [
-        MARK_BEGIN,
         "## Failover (bench/failover.py)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, Python "
@@ -211,20 +211,8 @@ def report(
         "the old leader acknowledged meanwhile are discarded); a long timeout rides the "
         "pauses out but leaves a hung leader in place longer. A crashed leader is noticed "
         "by its closed connections, whatever the timeout.",
-        MARK_END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_report(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        before = text.split(MARK_BEGIN)[0]
-        after = text.split(MARK_END, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> int:
@@ -254,7 +242,7 @@ def main() -> int:
     section = report(times, rows, args.seconds, args.writers, args.stall_ms)
     print(section)
     if args.write:
-        write_report(args.write, section)
+        write_section(args.write, "failover", section)
     return 0
 
 

@@ -570,6 +570,7 @@ def test_status_json_with_one_unreachable_node(fake: Callable[..., FakeNode]) ->
         "healthy": True,
         "leader": "n1",
         "discarded": 2,
+        "subscription": "",
     }
     assert (n2["role"], n2["lag"], n2["healthy"], n2["address"]) == (
         "follower",
@@ -591,9 +592,11 @@ def test_status_json_with_one_unreachable_node(fake: Callable[..., FakeNode]) ->
         "discarded": None,
     }
     assert (report["policy"], report["durability"]) == ("async", "durable enough")
+    assert report["stream"] == "logical"
     text = CliRunner().invoke(status_command, ["--connect", leader.address])
     assert text.exit_code == 0 and "leader: n1" in text.stdout and "unreachable" in text.stdout
     assert "commit policy: async — durable enough" in text.stdout
+    assert "stream format: logical" in text.stdout
 
 
 def test_status_with_nothing_reachable_fails_in_one_line() -> None:

@@ -20,8 +20,9 @@ def explain(analysis: Analysis) -> dict[str, object]:
         return {
             "sql": analysis.sql,
             "writes": False,
-            "logical": plan,
             "statement": plan,
+            "wal": plan,
+            "logical": plan,
             "mixed": plan,
             "findings": [],
         }
@@ -43,11 +44,16 @@ def explain(analysis: Analysis) -> dict[str, object]:
             else ""
         )
         mixed = "ships the SQL text, as statement does: every construct replays identically"
+    wal = (
+        "ships every page the transaction changed (table and index pages, page 1); "
+        "followers write them as is and hold the leader's exact bytes"
+    )
     return {
         "sql": analysis.sql,
         "writes": True,
-        "logical": logical,
         "statement": statement,
+        "wal": wal,
+        "logical": logical,
         "mixed": mixed,
         "findings": [
             {"construct": f.construct, "verdict": f.verdict, "reason": f.reason}
@@ -62,9 +68,10 @@ def explain(analysis: Analysis) -> dict[str, object]:
 def explain_replication(sql: str, as_json: bool) -> None:
     """Show how SQL would be replicated by each stream format, and why.
 
-    This build replicates with `logical`; `statement` and `mixed` are analysed as they
-    will behave (non-deterministic constructs made identical by a shipped context, or
-    refused).
+    The cluster's format is chosen with `--stream` (see docs/streams.md). `statement`
+    and `mixed` use this same analysis when a write arrives: non-deterministic
+    constructs are made identical by a shipped context, or refused (`statement`) or
+    shipped as rows (`mixed`).
 
     Example:
 
@@ -82,11 +89,7 @@ def explain_replication(sql: str, as_json: bool) -> None:
             click.echo(json.dumps(report, ensure_ascii=False))
             continue
         click.echo(f"statement {number}: {report['sql']}")
-        for fmt, note in (
-            ("logical", " (this build)"),
-            ("statement", " (planned)"),
-            ("mixed", " (planned)"),
-        ):
-            click.echo(f"  {fmt + note:<22} {report[fmt]}")
+        for fmt in ("statement", "wal", "logical", "mixed"):
+            click.echo(f"  {fmt:<10} {report[fmt]}")
         for finding in report["findings"]:  # type: ignore[attr-defined]
             click.echo(f"    - {finding['construct']}: {finding['verdict']} — {finding['reason']}")

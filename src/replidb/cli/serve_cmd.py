@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from replidb.core import parse_policy
+from replidb.errors import Error
 from replidb.node import Node, NodeConfig
 from replidb.node.process import die_with_parent
 from replidb.transport.peer import split_address
@@ -36,7 +37,7 @@ def parse_peers(text: str) -> dict[str, str]:
     return peers
 
 
-_AVAILABLE = {"topology": ("single-leader",), "stream": ("logical",)}
+_AVAILABLE = {"topology": ("single-leader",), "stream": ("statement", "wal", "logical", "mixed")}
 _PLANNED = {
     "topology": ("single-leader", "multi-leader", "leaderless"),
     "stream": ("statement", "wal", "logical", "mixed"),
@@ -71,7 +72,26 @@ def cluster_options(func: Any) -> Any:
             default="logical",
             show_default=True,
             callback=_available,
-            help="Replication stream format: logical (statement, wal, mixed: planned).",
+            help="What travels to followers: statement (SQL + the leader's time and "
+            "random seed; unsafe SQL refused), wal (physical pages; followers byte-identical, "
+            "locked to one SQLite version and page size), logical (row changes), mixed "
+            "(statements where safe, rows where not).",
+        ),
+        click.option(
+            "--row-images",
+            default="minimal",
+            show_default=True,
+            type=click.Choice(["minimal", "full"]),
+            help="logical stream: minimal logs an UPDATE's key and changed columns; full "
+            "also logs its whole new row (needed by partial replicas with a row filter).",
+        ),
+        click.option(
+            "--page-size",
+            default=4096,
+            show_default=True,
+            type=click.Choice(["512", "1024", "2048", "4096", "8192", "16384", "32768", "65536"]),
+            callback=lambda ctx, param, value: int(value),
+            help="wal stream: the data file's page size, which every node must share.",
         ),
         click.option(
             "--sync",
@@ -146,12 +166,44 @@ def _check_policy(value: str, voters: int) -> None:
         )
 
 
+def _check_subscription(
+    specs: tuple[str, ...], node_id: str, learners: tuple[str, ...], stream: str
+) -> None:
+    if not specs:
+        return
+    if node_id not in learners:
+        raise click.BadParameter(
+            f"{node_id} is a voter: only a learner can be a partial replica (a partial "
+            "replica must never become leader); add it to --learners",
+            param_hint="--subscribe",
+        )
+    if stream != "logical":
+        raise click.BadParameter(
+            f"partial replication filters row changes and needs --stream logical, not {stream}",
+            param_hint="--subscribe",
+        )
+    from replidb.storage.subscription import parse_subscription
+
+    try:
+        parse_subscription(specs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--subscribe") from None
+
+
 @click.command()
 @click.option("--node-id", required=True, help="This node's id, unique in the cluster.")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--listen", required=True, help="HOST:PORT for peers and clients.")
 @click.option("--peers", default="", help="The other nodes: ID=HOST:PORT,...")
 @click.option("--seed", type=int, default=None, help="Seed election timeouts (testing).")
+@click.option(
+    "--subscribe",
+    multiple=True,
+    metavar="'TABLE[(COLS)] [WHERE PRED]'",
+    help="Make this learner a partial replica of the listed tables (repeat per table), "
+    "e.g. --subscribe \"users(id, name) WHERE region = 'eu'\". Needs --stream logical; "
+    "a row filter needs --row-images full on the cluster.",
+)
 @click.option(
     "--debug-peer-delay-ms",
     type=click.IntRange(0, 60_000),
@@ -166,9 +218,12 @@ def serve(
     listen: str,
     peers: str,
     seed: int | None,
+    subscribe: tuple[str, ...],
     debug_peer_delay_ms: int,
     topology: str,
     stream: str,
+    row_images: str,
+    page_size: int,
     sync_policy: str,
     learners: str,
     on_sync_timeout: str,
@@ -184,7 +239,7 @@ def serve(
         replidb serve --node-id n1 --data ./n1 --listen 127.0.0.1:7101 \\
             --peers n2=127.0.0.1:7102,n3=127.0.0.1:7103
     """
-    del topology, stream  # one choice each today; validated by click
+    del topology  # one choice today; validated by click
     try:
         split_address(listen)
         peer_map = parse_peers(peers)
@@ -194,6 +249,7 @@ def serve(
         raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
     learner_ids = _parse_learners(learners, [node_id, *peer_map])
     _check_policy(sync_policy, len(peer_map) + 1 - len(learner_ids))
+    _check_subscription(subscribe, node_id, learner_ids, stream)
     config = NodeConfig(
         node_id=node_id,
         data_dir=data_dir,
@@ -207,6 +263,10 @@ def serve(
         sync_timeout_ms=sync_timeout_ms,
         seed=seed,
         learners=learner_ids,
+        stream=stream,
+        row_images=row_images,
+        page_size=page_size,
+        subscribe=subscribe,
         debug_peer_delay_ms=debug_peer_delay_ms,
     )
     logging.basicConfig(
@@ -229,7 +289,11 @@ def _run(config: NodeConfig) -> int:
 
 
 async def _serve(config: NodeConfig) -> int:
-    node = Node(config)
+    try:
+        node = Node(config)
+    except (Error, ValueError) as exc:  # the data directory does not suit these options
+        click.echo(f"error: {exc}", err=True)
+        return 1
     try:
         await node.start()
     except OSError as exc:

@@ -96,6 +96,7 @@ def cluster_status(
                 healthy=is_leader or (st.leader is not None and lag <= MAX_HEALTHY_LAG),
                 leader=st.leader,  # whom this node believes leads
                 discarded=st.discarded,
+                subscription=st.subscription,
             )
         nodes.append(row)
     about = leader_status or reachable[0]
@@ -103,6 +104,7 @@ def cluster_status(
         "nodes": nodes,
         "leader": leader,
         "policy": about.policy,
+        "stream": about.stream,
         "durability": about.durability,
         "degraded": about.degraded,
         "degradations": about.degradations,
@@ -142,6 +144,10 @@ def _render(report: dict[str, Any]) -> None:
         address = next((n["address"] for n in report["nodes"] if n["id"] == leader), "?")
         console.print(f"leader: {leader} ({address})")
     console.print(f"commit policy: {report['policy']} — {report['durability']}")
+    console.print(f"stream format: {report['stream']}")
+    for n in report["nodes"]:
+        if n.get("subscription"):
+            console.print(f"partial replica {n['id']}: {n['subscription']}")
     if report["degraded"]:
         console.print(
             f"[red]DEGRADED[/red]: sync acknowledgements timed out; acknowledging as async "

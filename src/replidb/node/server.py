@@ -46,7 +46,7 @@ from replidb.errors import (
 )
 from replidb.node.acks import AckTracker
 from replidb.node.progress import CatchUpReporter
-from replidb.storage import NeedsWrite, SQLiteStore
+from replidb.storage import NeedsWrite, open_store
 from replidb.transport import wire
 from replidb.transport.framing import DEFAULT_MAX_FRAME, frame, read_message
 from replidb.transport.peer import PeerLink, split_address
@@ -72,6 +72,10 @@ class NodeConfig:
     request_timeout_s: float = 5.0
     seed: int | None = None
     learners: tuple[str, ...] = ()  # non-voting members (read replicas)
+    stream: str = "logical"  # statement | wal | logical | mixed (storage/base.py)
+    row_images: str = "minimal"  # full: every UPDATE logs its whole row (partial replicas)
+    page_size: int = 4096  # wal stream: must match the leader's
+    subscribe: tuple[str, ...] = ()  # partial replica: table specs (storage/subscription.py)
     debug_peer_delay_ms: int = 0  # fault injection: hold every peer message this long
 
     @property
@@ -104,7 +108,10 @@ class Node:
         self.config = config
         self.id = config.node_id
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SQLiteStore(config.data_dir / "replidb.db")
+        self.store = open_store(
+            config.data_dir, config.stream, config.row_images, config.page_size, config.subscribe
+        )
+        self._noted_commit = 0  # the commit index the store last heard of
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(8), "big")
         self.replica = Replica(
             config.core_config(),
@@ -146,7 +153,7 @@ class Node:
         hard = self.store.hard_state()
         log.info(
             "started: listening on %s, peers %s, log at index %d (term %d), applied %d, "
-            "commit policy %s (%s)",
+            "commit policy %s (%s), stream %s%s",
             self.config.listen,
             ",".join(f"{p}={a}" for p, a in sorted(self.config.peers.items())) or "none",
             self.store.last_index(),
@@ -154,6 +161,8 @@ class Node:
             self.store.applied_index(),
             self.config.policy,
             self.durability,
+            self.config.stream,
+            f", subscribed to {'; '.join(self.config.subscribe)}" if self.config.subscribe else "",
         )
 
     async def stop(self) -> None:
@@ -215,6 +224,9 @@ class Node:
                 if ready.committed:
                     self.store.apply(ready.committed)
                     self._catch_up.applied(ready.committed[-1].index, replica.leader_commit)
+                if replica.commit_index > self._noted_commit:
+                    self._noted_commit = replica.commit_index
+                    self.store.note_committed(self._noted_commit)
                 for event in ready.events:
                     self._on_role_changed(event)
                 replica.advance(ready)
@@ -527,6 +539,8 @@ class Node:
             applied_index=replica.applied_index,
             peers=dict(sorted(self.config.peers.items())),
             policy=str(self.config.policy),
+            stream=self.config.stream,
+            subscription="; ".join(self.config.subscribe),
             durability=self.durability,
             degraded=self.acks.degraded,
             degradations=self.acks.degradations,

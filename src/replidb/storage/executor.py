@@ -26,13 +26,14 @@ __all__ = [
     "NeedsWrite",
     "capture_changes",
     "install_guard",
+    "quote_name",
     "run_statements",
     "translate",
 ]
 
 # Tables replidb keeps next to the user's data. Only client sessions replicate (so a
 # retried write is recognised on whichever node leads next); the rest are per node.
-INTERNAL_TABLES = frozenset({"replidb_meta", "replidb_log", "replidb_discarded"})
+INTERNAL_TABLES = frozenset({"replidb_meta", "replidb_log", "replidb_discarded", "replidb_undo"})
 REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions", "replidb_rowid_leases"})
 
 _DDL_RE = re.compile(
@@ -198,13 +199,19 @@ def capture_changes(
     statements: Sequence[Statement],
     guard: _Guard,
     epilogue: Callable[[list[StatementResult], list[Segment]], None] | None = None,
+    full_images: bool = False,
 ) -> tuple[list[StatementResult], list[Segment]]:
     """Run statements inside the caller's open transaction and return their results and
     the logical segments (DDL text and row changesets, in execution order).
     ``epilogue(results, segments)`` runs last, seeing the user's segments, with its own
     writes captured in a final segment. User statements run under ``guard``; the
-    session's own savepoints and the epilogue do not."""
+    session's own savepoints and the epilogue do not. ``full_images``: give every
+    UPDATE its complete after-image (for filtered followers)."""
     segments: list[Segment] = []
+
+    def flush() -> None:
+        _flush(conn, session, segments, full_images)
+
     session = _new_session(conn)
     statements = [_with_autoincrement(s) for s in statements]
 
@@ -225,7 +232,7 @@ def capture_changes(
                     conn.execute(statement)
             finally:
                 conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1)
-        _flush(conn, session, segments)
+        flush()
         session = _new_session(conn)
         guard.user = True
         if not temporary:  # temp objects live and die on this connection only
@@ -238,11 +245,11 @@ def capture_changes(
         results = run_statements(conn, statements, cut)
         guard.user = False
         if epilogue is not None:
-            _flush(conn, session, segments)
+            flush()
             session.close()
             session = _new_session(conn)
             epilogue(results, segments)
-        _flush(conn, session, segments)
+        flush()
     finally:
         guard.user = False
         session.close()
@@ -273,10 +280,41 @@ def _new_session(conn: apsw.Connection) -> apsw.Session:
     return session
 
 
-def _flush(conn: apsw.Connection, session: apsw.Session, segments: list[Segment]) -> None:
+def _flush(
+    conn: apsw.Connection, session: apsw.Session, segments: list[Segment], full_images: bool
+) -> None:
     changeset = session.changeset()
     if changeset:
-        segments.append(Changes(changeset, _column_names(conn, changeset)))
+        columns = _column_names(conn, changeset)
+        images = _update_images(conn, changeset, columns) if full_images else []
+        segments.append(Changes(changeset, columns, images))
+
+
+def _update_images(
+    conn: apsw.Connection, changeset: bytes, columns: dict[str, list[str]]
+) -> list[list[Any]]:
+    """Each UPDATE's whole row as it stands now (the changeset has the key and the
+    changed columns only; a filtered follower must judge the whole new row)."""
+    images: list[list[Any]] = []
+    for change in iter_changeset(changeset):
+        if change.op != "UPDATE":
+            continue
+        names = columns[change.table]
+        assert change.old is not None
+        keys = [(n, v) for n, v, k in zip(names, change.old, change.pk, strict=True) if k]
+        row = conn.execute(
+            f"SELECT {', '.join(map(quote_name, names))} FROM {quote_name(change.table)} "
+            f"WHERE {' AND '.join(f'{quote_name(n)} IS ?' for n, _ in keys)}",
+            [v for _, v in keys],
+        ).fetchone()
+        if row is None:
+            raise InternalError(f"updated row of {change.table} vanished before it was logged")
+        images.append(list(row))
+    return images
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _column_names(conn: apsw.Connection, changeset: bytes) -> dict[str, list[str]]:

@@ -9,6 +9,12 @@ durable state, all in one file, so one SQLite transaction covers data and log.
 - Rollback: truncating entries that were already applied (a deposed leader's
   unreplicated writes) undoes them with inverted changesets and keeps each one in
   ``replidb_discarded``; nothing is dropped silently.
+- Stream formats: ``logical`` logs row changes. ``statement`` logs the client's SQL with
+  the leader's context (time, random seed, AUTOINCREMENT counters; storage/determinism.py)
+  and every replica runs it again; what cannot replay identically is refused.
+  ``mixed`` logs statements where they replay identically and rows where they do not.
+  A node keeps the rows its own replay changed in ``replidb_undo`` until the entry is
+  committed, so it can still roll an entry back and say what it discarded.
 
 Durability: the log and hard state are written with ``synchronous=FULL`` (fsync on
 commit); applies use ``NORMAL`` because the log can always redo them.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,19 +34,28 @@ import apsw
 import msgspec
 
 from replidb.core.messages import Entry, EntryKind, HardState
-from replidb.errors import BadRequest, Error, InternalError
+from replidb.errors import Error, InternalError
+from replidb.storage import sessions
+from replidb.storage.determinism import DeterministicWriter
 from replidb.storage.executor import (
-    REPLICATED_INTERNAL_TABLES,
     NeedsWrite,
     capture_changes,
     install_guard,
     run_statements,
     translate,
 )
-from replidb.storage.rowid_guard import LEASE_CHUNK, max_inserted_keys
+from replidb.storage.node_log import LOG_SCHEMA, NodeLogTables
+from replidb.storage.statement_mode import (
+    RefusalCache,
+    autoincrement_counters,
+    digest,
+    enter_context,
+    replay,
+)
 from replidb.stream.logical import (
     DDL,
     Changes,
+    Replay,
     Segment,
     WriteRecord,
     decode_record,
@@ -50,26 +66,22 @@ from replidb.transport.wire import Statement, StatementResult
 
 __all__ = ["SQLiteStore", "WriteOutcome", "describe_record"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS replidb_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS replidb_log(
-    idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS replidb_discarded(
-    id INTEGER PRIMARY KEY, term INTEGER NOT NULL, idx INTEGER NOT NULL,
-    changes TEXT NOT NULL, record BLOB NOT NULL, discarded_at TEXT NOT NULL,
-    reason TEXT NOT NULL);
+_SCHEMA = (
+    LOG_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS replidb_rowid_leases(tbl TEXT PRIMARY KEY, ceiling INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS replidb_client_sessions(
     client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, result BLOB NOT NULL,
     idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS replidb_undo(idx INTEGER PRIMARY KEY, record BLOB NOT NULL);
 """
+)
+STREAMS = ("logical", "statement", "mixed")
 _CREATE_RE = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"((?:\"[^\"]+\"|`[^`]+`|\[[^\]]+\]|[\w.]+))",
     re.IGNORECASE,
 )
-_results_encoder = msgspec.msgpack.Encoder()
-_results_decoder = msgspec.msgpack.Decoder(list[StatementResult])
 
 
 class WriteOutcome(msgspec.Struct, frozen=True):
@@ -80,13 +92,42 @@ class WriteOutcome(msgspec.Struct, frozen=True):
     needs_commit: bool = False  # raised an id lease: acknowledge only once committed
 
 
-class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+class SQLiteStore(NodeLogTables):
+    def __init__(
+        self,
+        path: Path,
+        stream: str = "logical",
+        row_images: str = "minimal",
+        clock: Any = time.time,
+        subscription: Sequence[str] = (),
+    ) -> None:
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream format {stream!r}: choose {', '.join(STREAMS)}")
+        if row_images not in ("minimal", "full"):
+            raise ValueError(f"unknown row images {row_images!r}: choose minimal or full")
+        self.stream = stream
+        self.full_images = row_images == "full"
+        self._clock = clock
+        self._refusals = RefusalCache(refuse=stream == "statement")
+        # AUTOINCREMENT counters followers may not share (raised outside the log, by
+        # raise_rowid_floors); None: unknown since this process started, so all.
+        self._unsynced_counters: set[str] | None = None
+        self._deterministic: DeterministicWriter | None = None
+        self._partial: Any = None
+        if subscription:
+            from replidb.storage.subscription import parse_subscription
+
+            self.subscription: Any = parse_subscription(subscription)  # ValueError if bad
         try:
-            self.writer = apsw.Connection(str(path))
+            if stream == "logical":
+                self.writer = apsw.Connection(str(path))
+            else:
+                self._deterministic = DeterministicWriter(path)
+                self.writer = self._deterministic.conn
             self.writer.execute("PRAGMA journal_mode=WAL")
             self.writer.execute("PRAGMA synchronous=FULL")
             self.writer.execute(_SCHEMA)
+            self._log_db = self.writer
             self.reader = apsw.Connection(str(path))
             self.reader.execute("PRAGMA query_only=ON")
         except apsw.Error as exc:
@@ -95,66 +136,19 @@ class SQLiteStore:
             conn.set_busy_timeout(5000)
         self._writer_guard = install_guard(self.writer)
         self._reader_guard = install_guard(self.reader)
+        if subscription:
+            from replidb.storage.subscription import PartialApplier
+
+            # A partial replica applies the subscribed subset of each record.
+            self._partial = PartialApplier(self.writer, self.subscription)
         self._last_index, self._last_term = self._load_last()
 
     def close(self) -> None:
         self.reader.close()
-        self.writer.close()
-
-    # ---- LogReader (for the core) ----------------------------------------------
-
-    def last_index(self) -> int:
-        return self._last_index
-
-    def term(self, index: int) -> int:
-        if index <= 0:
-            return 0
-        if index == self._last_index:
-            return self._last_term
-        row = self.writer.execute("SELECT term FROM replidb_log WHERE idx=?", (index,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
-        out: list[Entry] = []
-        size = 0
-        for idx, term, kind, data in self.writer.execute(
-            "SELECT idx, term, kind, data FROM replidb_log WHERE idx BETWEEN ? AND ? ORDER BY idx",
-            (lo, hi),
-        ):
-            if out and size + len(data) > max_bytes:
-                break
-            out.append(Entry(term, idx, kind, data))
-            size += len(data)
-        return out
-
-    # ---- durable node state ----------------------------------------------------
-
-    def _meta(self, key: str, default: Any = None) -> Any:
-        row = self.writer.execute("SELECT value FROM replidb_meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else default
-
-    def _set_meta(self, key: str, value: Any) -> None:
-        self.writer.execute(
-            "INSERT INTO replidb_meta(key, value) VALUES(?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, value),
-        )
-
-    def hard_state(self) -> HardState:
-        return HardState(int(self._meta("term", 0)), self._meta("vote"))
-
-    def applied_index(self) -> int:
-        return int(self._meta("applied_index", 0))
-
-    def discarded_count(self) -> int:
-        row = self.writer.execute("SELECT count(*) FROM replidb_discarded").fetchone()
-        return int(row[0]) if row else 0
-
-    def _load_last(self) -> tuple[int, int]:
-        row = self.writer.execute(
-            "SELECT idx, term FROM replidb_log ORDER BY idx DESC LIMIT 1"
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        if self._deterministic is not None:
+            self._deterministic.close()
+        else:
+            self.writer.close()
 
     # ---- follower path: persist, then apply ------------------------------------
 
@@ -186,14 +180,50 @@ class SQLiteStore:
 
     def _apply_record(self, entry: Entry) -> None:
         record = decode_record(entry.data)
+        if self._partial is not None:
+            self._partial.apply(record)
+            return
+        done: list[Segment] = []  # what this node changed, for a rollback
+        replayed = False
         for segment in record.segments:
+            if isinstance(segment, Replay):
+                if self._deterministic is None:
+                    raise InternalError(
+                        f"entry {entry.index} is a statement record but this node runs "
+                        "--stream logical: restart it with --stream statement or mixed "
+                        "until it has caught up"
+                    )
+                done.extend(
+                    replay(
+                        self.writer, self._writer_guard, self._deterministic, segment, entry.index
+                    )
+                )
+                replayed = True
+                continue
             if isinstance(segment, DDL):
                 self.writer.execute(segment.sql)
             else:
                 apsw.Changeset.apply(segment.changeset, self.writer, conflict=_refuse_conflict)
+            done.append(segment)
+        if replayed:
+            self._keep_undo(entry.index, done)
+
+    def _keep_undo(self, index: int, segments: list[Segment]) -> None:
+        self.writer.execute(
+            "INSERT OR REPLACE INTO replidb_undo(idx, record) VALUES(?, ?)",
+            (index, encode_record(WriteRecord(segments))),
+        )
+
+    def note_committed(self, index: int) -> None:
+        """Entries up to ``index`` are committed and never rolled back: drop their undo."""
+        if self.stream != "logical":
+            self.writer.execute("DELETE FROM replidb_undo WHERE idx <= ?", (index,))
 
     def _truncate(self, index: int) -> None:
         applied = self.applied_index()
+        if index <= applied and self._partial is not None:
+            # Learners apply committed entries only, so this cannot happen short of a bug.
+            raise InternalError("a partial replica cannot roll back applied entries: resync it")
         if index <= applied:
             rows = self.writer.execute(
                 "SELECT idx, term, kind, data FROM replidb_log WHERE idx BETWEEN ? AND ? "
@@ -204,7 +234,7 @@ class SQLiteStore:
             for idx, term, kind, data in rows:
                 if kind == EntryKind.WRITE:
                     assert isinstance(data, bytes)
-                    record = decode_record(data)
+                    record = self._local_record(idx, data)  # type: ignore[arg-type]
                     self._undo_record(record)
                     self.writer.execute(
                         "INSERT INTO replidb_discarded"
@@ -221,9 +251,25 @@ class SQLiteStore:
                     )
             self._set_meta("applied_index", index - 1)
         self.writer.execute("DELETE FROM replidb_log WHERE idx >= ?", (index,))
+        self.writer.execute("DELETE FROM replidb_undo WHERE idx >= ?", (index,))
+
+    def _local_record(self, index: int, data: bytes) -> WriteRecord:
+        """The rows this node changed for an entry: the logged record itself, or for a
+        statement entry, what the local run recorded in replidb_undo."""
+        record = decode_record(data)
+        if not any(isinstance(s, Replay) for s in record.segments):
+            return record
+        row = self.writer.execute(
+            "SELECT record FROM replidb_undo WHERE idx=?", (index,)
+        ).fetchone()
+        if row is None:
+            raise InternalError(f"no undo kept for statement entry {index}: needs a resync")
+        return decode_record(row[0])
 
     def _undo_record(self, record: WriteRecord) -> None:
         for segment in reversed(record.segments):
+            if isinstance(segment, Replay):
+                raise InternalError("a statement record cannot be undone by itself")
             if isinstance(segment, Changes):
                 inverse = apsw.Changeset.invert(segment.changeset)
                 apsw.Changeset.apply(inverse, self.writer, conflict=_refuse_conflict)
@@ -269,39 +315,65 @@ class SQLiteStore:
         """Run a client transaction; if it changed anything, append its record at
         ``(term, index)`` and mark it applied, all in one durable transaction."""
         conn = self.writer
+        as_sql = self.stream != "logical" and not dry_run and self._refusals.check(statements)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("BEGIN IMMEDIATE")
         committed = False
         try:
             if client_id and not dry_run:
-                previous = self._previous_result(client_id, seq)
+                previous = sessions.previous_result(conn, client_id, seq)
                 if previous is not None:
                     return WriteOutcome(previous[0], None, duplicate=True, index=previous[1])
 
             leased = False
+            user_segments = 0
 
             def remember(results: list[StatementResult], segments: list[Segment]) -> None:
                 # Inside the capture, so these rows travel with the record: a retry is
                 # recognised, and a raised id lease holds, on whichever node leads next.
-                nonlocal leased
+                nonlocal leased, user_segments
+                user_segments = len(segments)
                 if not dry_run:
-                    leased = self._raise_leases(segments)
+                    leased = sessions.raise_leases(conn, segments)
                 if client_id and not dry_run:
-                    conn.execute(
-                        "INSERT INTO replidb_client_sessions(client_id, seq, result, idx) "
-                        "VALUES(?, ?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET "
-                        "seq=excluded.seq, result=excluded.result, idx=excluded.idx",
-                        (client_id, seq, _results_encoder.encode(results), index),
-                    )
+                    sessions.remember_result(conn, client_id, seq, results, index)
 
-            results, segments = capture_changes(conn, statements, self._writer_guard, remember)
+            context: Replay | None = None
+            if as_sql:
+                assert self._deterministic is not None
+                context = enter_context(self._deterministic, statements, self._clock())
+            try:
+                results, segments = capture_changes(
+                    conn, statements, self._writer_guard, remember, self.full_images
+                )
+                counters = autoincrement_counters(conn) if context else {}
+            finally:
+                if self._deterministic is not None:
+                    self._deterministic.leave()
             if dry_run or not any(
-                isinstance(s, DDL) or not _only_sessions(s.changeset) for s in segments
+                isinstance(s, DDL) or (isinstance(s, Changes) and not _only_sessions(s.changeset))
+                for s in segments
             ):
                 return WriteOutcome(results, None)
             schema = conn.execute("PRAGMA schema_version").fetchone()
+            logged: list[Segment] = segments
+            bumped: dict[str, int] = {}
+            if context is not None:
+                unsynced = self._unsynced_counters
+                bumped = {
+                    t: n
+                    for t, n in context.sequences.items()
+                    if counters.get(t) != n and (unsynced is None or t in unsynced)
+                }
+                logged = [
+                    msgspec.structs.replace(
+                        context, sequences=bumped, digest=digest(segments[:user_segments])
+                    ),
+                    *segments[user_segments:],
+                ]
+                self._keep_undo(index, segments)
             data = encode_record(
-                WriteRecord(segments, schema_version=int(schema[0]) if schema else 0)
+                WriteRecord(logged, schema_version=int(schema[0]) if schema else 0)
             )
             needs_commit = leased
             conn.execute(
@@ -312,6 +384,10 @@ class SQLiteStore:
             conn.execute("COMMIT")
             committed = True
             self._last_index, self._last_term = index, term
+            if context is not None:  # what was shipped is now in step on every replica
+                unsynced = self._unsynced_counters
+                base = set(counters) if unsynced is None else unsynced
+                self._unsynced_counters = base - set(bumped)
             return WriteOutcome(results, data, needs_commit=needs_commit)
         except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
             raise translate(exc, self._writer_guard) from None
@@ -319,58 +395,16 @@ class SQLiteStore:
             if not committed:
                 conn.execute("ROLLBACK")
 
-    def _raise_leases(self, segments: list[Segment]) -> bool:
-        """Raise the id lease of every table this write inserted keys above it in."""
-        raised = False
-        for table, key in sorted(max_inserted_keys(segments).items()):
-            if table in REPLICATED_INTERNAL_TABLES:
-                continue
-            row = self.writer.execute(
-                "SELECT ceiling FROM replidb_rowid_leases WHERE tbl=?", (table,)
-            ).fetchone()
-            if row is None or key > row[0]:
-                self.writer.execute(
-                    "INSERT INTO replidb_rowid_leases(tbl, ceiling) VALUES(?, ?) "
-                    "ON CONFLICT(tbl) DO UPDATE SET ceiling=excluded.ceiling",
-                    (table, key + LEASE_CHUNK),
-                )
-                raised = True
-        return raised
-
     def raise_rowid_floors(self) -> int:
-        """A new leader's first duty: allocate above every committed id lease, so ids a
-        discarded write handed out are never handed out again. Returns tables raised."""
+        """A new leader's first duty (storage/sessions.py). Returns tables raised."""
         with self._transaction(synchronous="FULL"):
-            leases = self.writer.execute(
-                "SELECT l.tbl, l.ceiling FROM replidb_rowid_leases AS l "
-                "JOIN sqlite_schema AS s ON s.name = l.tbl AND s.type = 'table' "
-                "WHERE s.sql LIKE '%AUTOINCREMENT%'"
-            ).fetchall()
-            for table, ceiling in leases:
-                self.writer.execute(
-                    "UPDATE sqlite_sequence SET seq=? WHERE name=? AND seq < ?",
-                    (ceiling, table, ceiling),
-                )
-                if not self.writer.execute(
-                    "SELECT 1 FROM sqlite_sequence WHERE name=?", (table,)
-                ).fetchone():
-                    self.writer.execute(
-                        "INSERT INTO sqlite_sequence(name, seq) VALUES(?, ?)", (table, ceiling)
-                    )
-        return len(leases)
-
-    def _previous_result(
-        self, client_id: str, seq: int
-    ) -> tuple[list[StatementResult], int] | None:
-        row = self.writer.execute(
-            "SELECT seq, result, idx FROM replidb_client_sessions WHERE client_id=?",
-            (client_id,),
-        ).fetchone()
-        if row is None or seq > row[0]:
-            return None
-        if seq == row[0]:
-            return _results_decoder.decode(row[1]), int(row[2])
-        raise BadRequest(f"write {seq} of client {client_id} is older than its last ({row[0]})")
+            raised = sessions.raise_rowid_floors(self.writer)
+            tables = {
+                str(r[0]) for r in self.writer.execute("SELECT tbl FROM replidb_rowid_leases")
+            }
+        if self._unsynced_counters is not None:
+            self._unsynced_counters |= tables  # changed outside the log
+        return raised
 
     # ---- helpers ---------------------------------------------------------------
 
@@ -409,6 +443,8 @@ def describe_record(record: WriteRecord) -> str:
     for change in row_changes(record):
         if isinstance(change, DDL):
             out.append({"ddl": change.sql})
+        elif isinstance(change, Replay):
+            out.append({"statements": [st.sql for st in change.statements]})
         elif not change.table.startswith("replidb_"):  # bookkeeping, not the user's data
             out.append(
                 {

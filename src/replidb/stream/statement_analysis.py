@@ -11,7 +11,8 @@ on every node. Each construct gets a verdict:
   same transaction (last_insert_rowid(), changes(), rowid allocation), which replay
   reproduces;
 - ``refuse``: nothing shipped can make it identical (UPDATE/DELETE ... LIMIT without
-  ORDER BY, sqlite_version() written into data, functions SQLite does not define,
+  ORDER BY, sqlite_version() written into data, total_changes(), functions SQLite
+  does not define,
   triggers or views whose body is non-deterministic, INSERT ... SELECT whose row order
   assigns rowids): `statement` refuses it, `mixed` ships its row changes instead.
 
@@ -34,7 +35,8 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)  # it warns when it falls b
 _TIME = {"DATE", "TIME", "DATETIME", "JULIANDAY", "STRFTIME", "UNIXEPOCH", "TIMEDIFF"}
 _NOW = {"CURRENT_TIMESTAMP", "CURRENT_DATE", "CURRENT_TIME"}
 _RANDOM = {"RANDOM", "RANDOMBLOB", "RAND"}
-_STATE = {"LAST_INSERT_ROWID", "CHANGES", "TOTAL_CHANGES"}
+_STATE = {"LAST_INSERT_ROWID", "CHANGES"}
+_CONNECTION = {"TOTAL_CHANGES"}
 _VERSION = {
     "SQLITE_VERSION",
     "SQLITE_SOURCE_ID",
@@ -169,6 +171,7 @@ _BUILTIN = (
     | _NOW
     | _RANDOM
     | _STATE
+    | _CONNECTION
     | _VERSION
 )
 _TRIGGER = re.compile(r"\s*CREATE\s+(?:TEMP\w*\s+)?TRIGGER\b", re.I)
@@ -327,6 +330,14 @@ def _function_findings(func: exp.Func, writes: bool) -> list[Finding]:
                 f"{name.lower()}()",
                 "state",
                 "depends on the statements before it in this transaction",
+            )
+        ]
+    if name in _CONNECTION:
+        return [
+            Finding(
+                f"{name.lower()}()",
+                "refuse",
+                "counts everything this node's connection ever changed, which differs per node",
             )
         ]
     if name in _VERSION:

@@ -57,6 +57,7 @@ class LocalCluster:
         nodes: int = 3,
         extra: tuple[str, ...] = (),
         node_extra: dict[str, tuple[str, ...]] | None = None,
+        node_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.base = base
         self.ids = [f"n{i + 1}" for i in range(nodes)]
@@ -66,6 +67,7 @@ class LocalCluster:
         }
         self.extra = extra
         self.node_extra = node_extra or {}  # options for one node only
+        self.node_env = node_env or {}  # environment for one node only (fault injection)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -96,7 +98,11 @@ class LocalCluster:
         ]
         with (self.base / f"{node}.log").open("ab") as log_file:
             self.procs[node] = subprocess.Popen(
-                command, stdout=log_file, stderr=log_file, preexec_fn=die_with_parent
+                command,
+                stdout=log_file,
+                stderr=log_file,
+                preexec_fn=die_with_parent,
+                env={**os.environ, **self.node_env.get(node, {})},
             )
 
     def start_all(self) -> None:

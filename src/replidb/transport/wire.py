@@ -120,6 +120,7 @@ class NodeStatus(msgspec.Struct, frozen=True):
     discarded: int = 0  # transactions this node rolled back, kept in replidb_discarded
     degraded: bool = False  # sync acknowledgements timed out: acknowledging as async
     degradations: int = 0
+    subscription: str = ""  # a partial replica: the tables, rows and columns it takes
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):

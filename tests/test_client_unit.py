@@ -571,6 +571,8 @@ def test_status_json_with_one_unreachable_node(fake: Callable[..., FakeNode]) ->
         "leader": "n1",
         "discarded": 2,
         "subscription": "",
+        "first_index": 1,
+        "snapshot": "",
     }
     assert (n2["role"], n2["lag"], n2["healthy"], n2["address"]) == (
         "follower",

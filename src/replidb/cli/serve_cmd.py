@@ -123,6 +123,28 @@ def cluster_options(func: Any) -> Any:
             type=click.IntRange(1, 3_600_000),
             help="How late is late, for --on-sync-timeout degrade.",
         ),
+        click.option(
+            "--max-log-entries",
+            default=100_000,
+            show_default=True,
+            type=click.IntRange(1, 10**12),
+            help="Log retention: keep at most this many committed entries; a follower "
+            "further behind catches up by snapshot.",
+        ),
+        click.option(
+            "--max-log-mb",
+            default=1024,
+            show_default=True,
+            type=click.IntRange(1, 10**9),
+            help="Log retention in megabytes (whichever cap is reached first).",
+        ),
+        click.option(
+            "--snapshot-chunk-bytes",
+            default=1 << 20,
+            type=click.IntRange(1024, 8 << 20),
+            hidden=True,
+            help="Snapshot transfer chunk size (testing).",
+        ),
         click.option("--tick-ms", default=50, show_default=True, type=click.IntRange(1, 10_000)),
         click.option(
             "--heartbeat-ms", default=100, show_default=True, type=click.IntRange(1, 60_000)
@@ -224,6 +246,9 @@ def serve(
     stream: str,
     row_images: str,
     page_size: int,
+    max_log_entries: int,
+    max_log_mb: int,
+    snapshot_chunk_bytes: int,
     sync_policy: str,
     learners: str,
     on_sync_timeout: str,
@@ -267,6 +292,9 @@ def serve(
         row_images=row_images,
         page_size=page_size,
         subscribe=subscribe,
+        max_log_entries=max_log_entries,
+        max_log_bytes=max_log_mb << 20,
+        snapshot_chunk_bytes=snapshot_chunk_bytes,
         debug_peer_delay_ms=debug_peer_delay_ms,
     )
     logging.basicConfig(

@@ -97,12 +97,15 @@ def cluster_status(
                 leader=st.leader,  # whom this node believes leads
                 discarded=st.discarded,
                 subscription=st.subscription,
+                first_index=st.first_index,
+                snapshot=st.snapshot,
             )
         nodes.append(row)
     about = leader_status or reachable[0]
     return {
         "nodes": nodes,
         "leader": leader,
+        "needs_snapshot": list(leader_status.needs_snapshot) if leader_status else [],
         "policy": about.policy,
         "stream": about.stream,
         "durability": about.durability,
@@ -148,6 +151,10 @@ def _render(report: dict[str, Any]) -> None:
     for n in report["nodes"]:
         if n.get("subscription"):
             console.print(f"partial replica {n['id']}: {n['subscription']}")
+        if n.get("snapshot"):
+            console.print(f"{n['id']}: installing a snapshot: {n['snapshot']}")
+    for node_id in report.get("needs_snapshot", []):
+        console.print(f"{node_id}: needs a snapshot (behind the leader's retained log)")
     if report["degraded"]:
         console.print(
             f"[red]DEGRADED[/red]: sync acknowledgements timed out; acknowledging as async "

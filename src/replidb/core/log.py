@@ -17,10 +17,16 @@ __all__ = ["LogReader", "LogView"]
 class LogReader(Protocol):
     """Read access to the durable log, provided by the caller (SQLite, or memory in tests)."""
 
+    def first_index(self) -> int:
+        """The first entry still held: 1 + the index of the last compaction or
+        installed snapshot (1 if there was none)."""
+        ...
+
     def last_index(self) -> int: ...
 
     def term(self, index: int) -> int:
-        """Term of the entry at ``index``; 0 for index 0."""
+        """Term of the entry at ``index``; 0 for index 0; for ``first_index() - 1`` the
+        term of the compacted/snapshot position; 0 below that (gone)."""
         ...
 
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
@@ -39,6 +45,11 @@ class LogView:
     @property
     def last_index(self) -> int:
         return self.stable_last + len(self.unstable)
+
+    @property
+    def first_index(self) -> int:
+        """Entries below this were compacted away (they are committed everywhere)."""
+        return self._reader.first_index()
 
     def term(self, index: int) -> int:
         if index <= 0:
@@ -97,6 +108,12 @@ class LogView:
             assert self.unstable[:count] == list(persisted), "persisted entries changed"
             self.unstable = self.unstable[count:]
             self.stable_last = persisted[-1].index
+
+    def restore(self, index: int) -> None:
+        """The caller replaced its log with a snapshot at ``index`` (now empty above it)."""
+        self.stable_last = index
+        self.unstable = []
+        self.truncate_from = None
 
     def append_durable(self, entry: Entry) -> None:
         """The caller already wrote ``entry`` durably (a leader's own transaction)."""

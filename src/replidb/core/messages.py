@@ -105,7 +105,18 @@ class AppendReply(msgspec.Struct, frozen=True, tag="append_reply"):
     index: int
 
 
-PeerMessage = VoteRequest | VoteReply | Append | AppendReply | TimeoutNow
+class SnapshotOffer(msgspec.Struct, frozen=True, tag="snapshot_offer"):
+    """The leader no longer has the entries this follower needs (the log was compacted
+    past them): fetch a snapshot from the leader, install it, then continue from the
+    log. ``first_index``: the first entry the leader still holds."""
+
+    term: int
+    sender: str
+    first_index: int
+    base_term: int  # the term of entry first_index - 1 (the compaction point)
+
+
+PeerMessage = VoteRequest | VoteReply | Append | AppendReply | TimeoutNow | SnapshotOffer
 
 
 class RoleChanged(msgspec.Struct, frozen=True):

@@ -39,6 +39,15 @@ Rules this module owns (and nothing else changes these fields):
 - Applied-but-uncommitted entries exist only on leaders; if a deposed leader must
   truncate them, ``applied_index`` drops and ``Ready.truncate_from`` tells the caller
   to roll those transactions back.
+- Snapshots: the caller compacts its log (``LogReader.first_index``) up to committed
+  entries only. A leader that no longer holds the entries a follower needs sends it a
+  ``SnapshotOffer`` (and keeps sending it in place of heartbeats) instead of appends;
+  the follower asks its caller to fetch one (``Ready.snapshot_from``) unless its own
+  log already matches the leader's at the compaction point, and answers every offer,
+  so check-quorum still counts it. Once the caller has installed the snapshot it calls
+  ``restore_snapshot``; the follower acknowledges that position and replication
+  resumes from the log. A follower treats entries at or below its own compaction point
+  as matching: they are committed, so every leader holds the same ones.
 
 No I/O, no clock, no global randomness; peers are iterated in sorted order.
 """
@@ -58,6 +67,7 @@ from replidb.core.messages import (
     PeerMessage,
     Role,
     RoleChanged,
+    SnapshotOffer,
     TimeoutNow,
     VoteReply,
     VoteRequest,
@@ -99,6 +109,8 @@ class Ready:
     committed: tuple[Entry, ...]
     acked_index: int
     events: tuple[RoleChanged, ...]
+    # A follower behind the leader's compacted log: fetch a snapshot from this node.
+    snapshot_from: str | None = None
 
 
 @dataclass
@@ -110,6 +122,7 @@ class _Progress:
     inflight: bool = False
     inflight_ticks: int = 0
     idle_ticks: int = 0  # leader ticks since this follower last answered
+    snapshot: bool = False  # behind our compacted log: offered a snapshot instead
 
 
 class Replica:
@@ -153,6 +166,7 @@ class Replica:
         self._acked = 0
         self.transferee: str | None = None  # leader: handing leadership to this node
         self._transfer_elapsed = 0
+        self._snapshot_from: str | None = None  # follower: fetch a snapshot from here
 
     # ---- inputs ---------------------------------------------------------------
 
@@ -201,7 +215,9 @@ class Replica:
                     self._become_follower(msg.term, None)
             elif not (isinstance(msg, VoteReply) and msg.pre_vote and msg.granted):
                 # (a granted pre-vote carries the proposed term, not a newer real one)
-                leader = msg.sender if isinstance(msg, Append | TimeoutNow) else None
+                leader = (
+                    msg.sender if isinstance(msg, Append | TimeoutNow | SnapshotOffer) else None
+                )
                 self._become_follower(msg.term, leader)
         if isinstance(msg, VoteRequest):
             self._on_vote_request(msg)
@@ -212,6 +228,8 @@ class Replica:
         elif isinstance(msg, TimeoutNow):
             if msg.term == self.term and self.role is Role.FOLLOWER:
                 self._campaign(transfer=True)
+        elif isinstance(msg, SnapshotOffer):
+            self._on_snapshot_offer(msg)
         else:
             self._on_append_reply(msg)
 
@@ -266,6 +284,18 @@ class Replica:
                 self._send_append(peer)
         return entry
 
+    def restore_snapshot(self, index: int, term: int) -> None:
+        """The caller installed a snapshot at ``index`` (term ``term``): its log now
+        starts after it and its state machine is at it. Acknowledge it to the leader."""
+        self.log.restore(index)
+        assert self.log.term(index) == term, "the caller's log does not start at the snapshot"
+        self.commit_index = max(self.commit_index, index)
+        self.leader_commit = max(self.leader_commit, index)
+        self.applied_index = index
+        if self.role is Role.FOLLOWER and self.leader is not None:
+            self._reply_append(self.leader, True, index)
+        self._snapshot_from = None
+
     # ---- queries --------------------------------------------------------------
 
     def can_propose(self) -> bool:
@@ -289,6 +319,10 @@ class Replica:
         progress = self._progress.get(peer)
         return progress.match if progress else 0
 
+    def snapshot_peers(self) -> list[str]:
+        """Leader: the followers being offered a snapshot (behind our retained log)."""
+        return sorted(p for p, progress in self._progress.items() if progress.snapshot)
+
     def has_ready(self) -> bool:
         return bool(
             self._hard_dirty
@@ -299,6 +333,7 @@ class Replica:
             or self._apply_bound() > self.applied_index
             or self._compute_acked() != self._acked
             or self._reported != (self.role, self.term, self.leader)
+            or self._snapshot_from is not None
         )
 
     # ---- output ---------------------------------------------------------------
@@ -323,6 +358,7 @@ class Replica:
             committed=committed,
             acked_index=self._acked,
             events=tuple(self._events),
+            snapshot_from=self._snapshot_from,
         )
 
     def advance(self, ready: Ready) -> None:
@@ -331,6 +367,8 @@ class Replica:
         self.log.mark_stable(ready.entries, ready.truncate_from)
         del self._messages[: len(ready.messages)]
         del self._events[: len(ready.events)]
+        if ready.snapshot_from is not None and ready.snapshot_from == self._snapshot_from:
+            self._snapshot_from = None  # reported once per offer; the caller fetches
         if ready.committed:
             self.applied_index = max(self.applied_index, ready.committed[-1].index)
         if self.role is Role.LEADER:
@@ -354,6 +392,8 @@ class Replica:
         self._elapsed = 0
         self._timeout = self._random_timeout()
         self.transferee = None
+        if self._snapshot_from != leader:
+            self._snapshot_from = None
 
     def _pre_campaign(self) -> None:
         self.role = Role.PRE_CANDIDATE
@@ -451,6 +491,17 @@ class Replica:
         if self.role is not Role.FOLLOWER or self.leader != msg.sender:
             self._become_follower(msg.term, msg.sender)
         self._elapsed = 0
+        base = self.log.first_index - 1
+        if msg.prev_index < base:
+            # Entries up to ``base`` were compacted here, after they committed: every
+            # leader holds the same ones. Skip to our compaction point.
+            last_sent = msg.prev_index + len(msg.entries)
+            rest = tuple(e for e in msg.entries if e.index > base)
+            if not rest:
+                self._commit_to(msg.commit, min(last_sent, base))
+                self._reply_append(msg.sender, True, last_sent)
+                return
+            msg = Append(msg.term, msg.sender, base, self.log.term(base), rest, msg.commit)
         if msg.prev_index > self.log.last_index:
             self._reply_append(msg.sender, False, self.log.last_index)
             return
@@ -472,10 +523,35 @@ class Replica:
                 self.applied_index = new[0].index - 1  # caller rolls these back
             self.log.append(new)
         last_new = msg.prev_index + len(msg.entries)
-        self.leader_commit = max(self.leader_commit, msg.commit)
-        if msg.commit > self.commit_index:
-            self.commit_index = max(self.commit_index, min(msg.commit, last_new))
+        self._commit_to(msg.commit, last_new)
         self._reply_append(msg.sender, True, last_new)
+
+    def _commit_to(self, leader_commit: int, last_new: int) -> None:
+        self.leader_commit = max(self.leader_commit, leader_commit)
+        if leader_commit > self.commit_index:
+            self.commit_index = max(self.commit_index, min(leader_commit, last_new))
+
+    def _on_snapshot_offer(self, msg: SnapshotOffer) -> None:
+        if msg.term < self.term:
+            self._messages.append((msg.sender, AppendReply(self.term, self.id, False, 0)))
+            return
+        if self.role is not Role.FOLLOWER or self.leader != msg.sender:
+            self._become_follower(msg.term, msg.sender)
+        self._elapsed = 0
+        base = msg.first_index - 1
+        ours = self.log.first_index - 1
+        if base <= ours:
+            # We hold a snapshot at or past the leader's compaction point (an offer sent
+            # before the leader heard we installed one): carry on from ours.
+            self._reply_append(msg.sender, True, ours)
+            return
+        if self.log.last_index >= base and self.log.term(base) == msg.base_term:
+            # Our log already reaches the leader's compaction point and agrees there:
+            # no snapshot needed, replicate from it.
+            self._reply_append(msg.sender, True, base)
+            return
+        self._snapshot_from = msg.sender
+        self._reply_append(msg.sender, False, 0)
 
     def _conflict_hint(self, index: int) -> int:
         """Skip back over the whole conflicting term in one round trip."""
@@ -495,6 +571,13 @@ class Replica:
             return
         progress = self._progress[msg.sender]
         progress.idle_ticks = 0
+        if progress.snapshot:
+            base = self.log.first_index - 1
+            if not msg.success or msg.index < base:
+                return  # still fetching or installing: the offer stands
+            progress.snapshot = False  # installed (or never needed): back to the log
+            progress.inflight = False
+            progress.next = msg.index + 1
         if msg.success:
             if msg.index > progress.match:
                 progress.match = msg.index
@@ -517,8 +600,14 @@ class Replica:
             self._advance_transfer()
 
     def _broadcast(self, heartbeat: bool) -> None:
+        base = self.log.first_index - 1
         for peer in self.peers:
             progress = self._progress[peer]
+            if progress.snapshot or progress.next - 1 < base:
+                # The offer is its heartbeat: it answers, and stays counted.
+                if heartbeat or not progress.snapshot:
+                    self._offer_snapshot(peer)
+                continue
             if progress.inflight and progress.inflight_ticks >= self.config.election_ticks // 2:
                 progress.inflight = False  # presumed lost: send again
                 # ... from what the follower confirmed. ``next`` already points past the
@@ -542,6 +631,9 @@ class Replica:
     def _send_append(self, peer: str) -> None:
         progress = self._progress[peer]
         prev = progress.next - 1
+        if prev < self.log.first_index - 1:  # compacted away: offer a snapshot
+            self._offer_snapshot(peer)
+            return
         hi = prev + self.config.max_batch_entries
         entries = tuple(self.log.slice(prev + 1, hi, self.config.max_batch_bytes))
         self._messages.append(
@@ -554,6 +646,15 @@ class Replica:
         progress.inflight_ticks = 0
         if entries:
             progress.next = entries[-1].index + 1
+
+    def _offer_snapshot(self, peer: str) -> None:
+        progress = self._progress[peer]
+        progress.snapshot = True
+        progress.inflight = True
+        progress.inflight_ticks = 0
+        base = self.log.first_index - 1
+        offer = SnapshotOffer(self.term, self.id, base + 1, self.log.term(base))
+        self._messages.append((peer, offer))
 
     def _maybe_commit(self) -> None:
         matches = sorted(

@@ -32,7 +32,7 @@ from replidb.core import (
     VoteReply,
     VoteRequest,
 )
-from replidb.core.messages import TimeoutNow
+from replidb.core.messages import SnapshotOffer, TimeoutNow
 from replidb.core.policy import guarantee, parse_policy
 from replidb.errors import (
     BadRequest,
@@ -46,6 +46,9 @@ from replidb.errors import (
 )
 from replidb.node.acks import AckTracker
 from replidb.node.progress import CatchUpReporter
+from replidb.node.retention import compaction_point
+from replidb.node.snapshots import SnapshotFetcher, SnapshotSource
+from replidb.node.snapshots import answer as answer_fetch
 from replidb.storage import NeedsWrite, open_store
 from replidb.transport import wire
 from replidb.transport.framing import DEFAULT_MAX_FRAME, frame, read_message
@@ -53,6 +56,7 @@ from replidb.transport.peer import PeerLink, split_address
 
 __all__ = ["Node", "NodeConfig"]
 
+CORE_MESSAGES = (VoteRequest, VoteReply, Append, AppendReply, TimeoutNow, SnapshotOffer)
 log = logging.getLogger("replidb.node")
 
 
@@ -76,6 +80,9 @@ class NodeConfig:
     row_images: str = "minimal"  # full: every UPDATE logs its whole row (partial replicas)
     page_size: int = 4096  # wal stream: must match the leader's
     subscribe: tuple[str, ...] = ()  # partial replica: table specs (storage/subscription.py)
+    max_log_entries: int = 100_000  # retention cap (node/retention.py)
+    max_log_bytes: int = 1 << 30
+    snapshot_chunk_bytes: int = 1 << 20
     debug_peer_delay_ms: int = 0  # fault injection: hold every peer message this long
 
     @property
@@ -112,6 +119,17 @@ class Node:
             config.data_dir, config.stream, config.row_images, config.page_size, config.subscribe
         )
         self._noted_commit = 0  # the commit index the store last heard of
+        snapshots = config.data_dir / "snapshots"
+        self._snapshot_source = SnapshotSource(
+            self.store,  # type: ignore[arg-type]
+            snapshots,
+            log,
+            max_age_entries=max(1, config.max_log_entries // 2),
+            chunk_size=config.snapshot_chunk_bytes,
+            committed_index=lambda: self.replica.commit_index,
+        )
+        self._fetcher = SnapshotFetcher(config.node_id, snapshots, log)
+        self._fetching: asyncio.Task[None] | None = None
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(8), "big")
         self.replica = Replica(
             config.core_config(),
@@ -150,6 +168,7 @@ class Node:
         for link in self.links.values():
             link.start()
         self._spawn(self._ticker())
+        self._spawn(self._compactor())
         hard = self.store.hard_state()
         log.info(
             "started: listening on %s, peers %s, log at index %d (term %d), applied %d, "
@@ -229,10 +248,84 @@ class Node:
                     self.store.note_committed(self._noted_commit)
                 for event in ready.events:
                     self._on_role_changed(event)
+                if ready.snapshot_from is not None:
+                    self._fetch_snapshot(ready.snapshot_from)
                 replica.advance(ready)
             self.acks.check(replica, time.monotonic())
         except Exception as exc:  # storage failed or diverged: stop rather than serve wrong data
             self._fatal(exc)
+
+    # ---- log retention and snapshots ---------------------------------------------
+
+    async def _compactor(self) -> None:
+        """Once a second: forget committed log entries beyond the retention cap."""
+        while True:
+            await asyncio.sleep(1.0)
+            compact = getattr(self.store, "compact", None)
+            if compact is None:
+                continue  # the wal store keeps its whole log (snapshots of it: later)
+            entries, size = self.store.log_stats()  # type: ignore[attr-defined]
+            safe = min(self.replica.commit_index, self.store.applied_index())
+            in_use = self._snapshot_source.in_use_index
+            upto = compaction_point(
+                self.store.first_index(),
+                safe,
+                self.config.max_log_entries,
+                self.config.max_log_bytes,
+                entries,
+                size,
+            )
+            if in_use is not None:
+                upto = min(upto, in_use)  # a follower continues from that snapshot
+            if upto > 0:
+                try:
+                    removed = compact(upto)
+                except Exception as exc:  # storage failed: stop rather than serve wrong data
+                    self._fatal(exc)
+                    return
+                log.info("log compacted up to index %d (%d entries)", upto, removed)
+
+    def _fetch_snapshot(self, leader: str) -> None:
+        if self._fetching is not None and not self._fetching.done():
+            return  # one transfer at a time; the leader keeps offering
+        address = self.config.peers.get(leader)
+        if address is None:
+            return
+        self._fetching = asyncio.get_running_loop().create_task(self._install_from(address))
+
+    async def _install_from(self, address: str) -> None:
+        try:
+            info = await self._fetcher.fetch(address)
+        except Error as exc:
+            log.warning("snapshot transfer from %s failed: %s (will retry)", address, exc)
+            return
+        replica = self.replica
+        if info.index <= replica.commit_index:
+            log.info(
+                "snapshot at %d is no newer than our commit %d: not installed",
+                info.index,
+                replica.commit_index,
+            )
+            return
+        await self._snapshot_source.settle()  # a snapshot being made reads the file
+        try:
+            discarded = self.store.install_snapshot(  # type: ignore[attr-defined]
+                info.path, info.index, info.term, replica.commit_index
+            )
+        except Unavailable as exc:  # a reader holds the file: the next offer retries
+            log.warning("cannot install snapshot at %d yet: %s", info.index, exc)
+            return
+        except Exception as exc:
+            self._fatal(exc)
+            return
+        replica.restore_snapshot(info.index, info.term)
+        log.info(
+            "installed snapshot at index %d (term %d)%s",
+            info.index,
+            info.term,
+            f"; {discarded} applied write(s) kept in replidb_discarded" if discarded else "",
+        )
+        self._drive()
 
     def _on_role_changed(self, event: RoleChanged) -> None:
         leader = event.leader or "unknown"
@@ -282,7 +375,7 @@ class Node:
         loop = asyncio.get_running_loop()
         delay = self.config.debug_peer_delay_ms / 1000
         while (message := await read_message(reader, self.config.max_frame)) is not None:
-            if isinstance(message, VoteRequest | VoteReply | Append | AppendReply | TimeoutNow):
+            if isinstance(message, CORE_MESSAGES):
                 if message.sender != peer:
                     raise ProtocolError(f"{peer} sent a message signed {message.sender}")
             elif not isinstance(message, wire.Forward | wire.ForwardReply):
@@ -295,7 +388,7 @@ class Node:
                 self._on_peer_message(message)
 
     def _on_peer_message(self, message: wire.Message) -> None:
-        if isinstance(message, VoteRequest | VoteReply | Append | AppendReply | TimeoutNow):
+        if isinstance(message, CORE_MESSAGES):
             self.replica.step(message)
             self._drive()
         elif isinstance(message, wire.Forward):
@@ -316,6 +409,8 @@ class Node:
                 writer.write(frame(wire.StatusReply(message.id, self.status())))
             elif isinstance(message, wire.TransferLeader):
                 self._spawn(self._answer_transfer(message, writer))
+            elif isinstance(message, wire.SnapshotFetch):
+                await answer_fetch(self._snapshot_source, message, writer)
             else:
                 raise ProtocolError(f"a client sent {type(message).__name__}")
             message = await read_message(reader, self.config.max_frame)
@@ -541,6 +636,9 @@ class Node:
             policy=str(self.config.policy),
             stream=self.config.stream,
             subscription="; ".join(self.config.subscribe),
+            first_index=self.store.first_index(),
+            needs_snapshot=replica.snapshot_peers(),
+            snapshot=self._fetcher.progress,
             durability=self.durability,
             degraded=self.acks.degraded,
             degradations=self.acks.degradations,

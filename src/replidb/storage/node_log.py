@@ -2,6 +2,11 @@
 store: ``replidb_log`` (the entries), ``replidb_meta`` (term, vote, applied index, …)
 and ``replidb_discarded`` (what failovers rolled back, kept, never dropped).
 
+Compaction deletes a prefix of the log once it is applied, so the log cannot grow
+without bound; ``snapshot_index``/``snapshot_term`` in ``replidb_meta`` remember the
+last entry deleted, because the core still asks for its term (the consistency check of
+the next append) and the log's end must stay known when nothing is left in it.
+
 A store mixes ``NodeLogTables`` in and points ``_log_db`` at the connection that holds
 these tables (the one data file for logical/statement/mixed, node.db for wal).
 """
@@ -13,6 +18,7 @@ from typing import Any
 import apsw
 
 from replidb.core.messages import Entry, HardState
+from replidb.errors import InternalError
 
 __all__ = ["LOG_SCHEMA", "NodeLogTables"]
 
@@ -39,13 +45,22 @@ class NodeLogTables:
     def last_index(self) -> int:
         return self._last_index
 
+    def first_index(self) -> int:
+        """The first index still in the log (1 + the last compacted one)."""
+        return self.snapshot_position()[0] + 1
+
     def term(self, index: int) -> int:
+        """The entry's term; the snapshot's term at the snapshot index; 0 for entries
+        compacted away below it (the core asks no more once it knows first_index)."""
         if index <= 0:
             return 0
         if index == self._last_index:
             return self._last_term
         row = self._log_db.execute("SELECT term FROM replidb_log WHERE idx=?", (index,)).fetchone()
-        return int(row[0]) if row else 0
+        if row:
+            return int(row[0])
+        snapshot_index, snapshot_term = self.snapshot_position()
+        return snapshot_term if index == snapshot_index else 0
 
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         out: list[Entry] = []
@@ -83,8 +98,51 @@ class NodeLogTables:
         row = self._log_db.execute("SELECT count(*) FROM replidb_discarded").fetchone()
         return int(row[0]) if row else 0
 
+    def snapshot_position(self) -> tuple[int, int]:
+        """(index, term) of the last entry compacted away or installed; (0, 0) if none."""
+        return int(self._meta("snapshot_index", 0)), int(self._meta("snapshot_term", 0))
+
+    def log_stats(self) -> tuple[int, int]:
+        """(entries, bytes of entry data) in the retained log."""
+        row = self._log_db.execute(
+            "SELECT count(*), coalesce(sum(length(data)), 0) FROM replidb_log"
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def compact(self, up_to: int) -> int:
+        """Delete the log up to ``up_to`` (and the undo kept for it); returns how many
+        entries went. ``up_to`` must be applied (ValueError otherwise), and the caller
+        keeps it at or below the commit index: an uncommitted entry may still have to
+        be rolled back, which needs it in the log. Cheap when called often: the delete
+        is a range of the primary key."""
+        applied = self.applied_index()
+        if up_to > applied:
+            raise ValueError(f"cannot compact the log to {up_to}: only {applied} is applied")
+        first = self.first_index()
+        if up_to < first:
+            return 0
+        term = self.term(up_to)
+        db = self._log_db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM replidb_log WHERE idx BETWEEN ? AND ?", (first, up_to))
+            deleted = db.changes()
+            db.execute("DELETE FROM replidb_undo WHERE idx <= ?", (up_to,))
+            self._set_meta("snapshot_index", up_to)
+            self._set_meta("snapshot_term", term)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            if isinstance(exc, apsw.Error):
+                raise InternalError(f"cannot compact the log: {exc}") from None
+            raise
+        self._last_index, self._last_term = self._load_last()
+        return deleted
+
     def _load_last(self) -> tuple[int, int]:
         row = self._log_db.execute(
             "SELECT idx, term FROM replidb_log ORDER BY idx DESC LIMIT 1"
         ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        if row:
+            return int(row[0]), int(row[1])
+        return self.snapshot_position()  # empty after a compaction or an install

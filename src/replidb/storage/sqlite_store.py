@@ -15,6 +15,9 @@ durable state, all in one file, so one SQLite transaction covers data and log.
   ``mixed`` logs statements where they replay identically and rows where they do not.
   A node keeps the rows its own replay changed in ``replidb_undo`` until the entry is
   committed, so it can still roll an entry back and say what it discarded.
+- Compaction and snapshots: the applied prefix of the log can be deleted (``compact``);
+  a follower that needs what is gone installs a copy of the leader's database instead
+  (``create_snapshot`` / ``install_snapshot``; the files: storage/snapshot_files.py).
 
 Durability: the log and hard state are written with ``synchronous=FULL`` (fsync on
 commit); applies use ``NORMAL`` because the log can always redo them.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -34,8 +38,8 @@ import apsw
 import msgspec
 
 from replidb.core.messages import Entry, EntryKind, HardState
-from replidb.errors import Error, InternalError
-from replidb.storage import sessions
+from replidb.errors import Error, InternalError, Unavailable
+from replidb.storage import sessions, snapshot_files
 from replidb.storage.determinism import DeterministicWriter
 from replidb.storage.executor import (
     NeedsWrite,
@@ -45,6 +49,7 @@ from replidb.storage.executor import (
     translate,
 )
 from replidb.storage.node_log import LOG_SCHEMA, NodeLogTables
+from replidb.storage.snapshot_files import SnapshotInfo
 from replidb.storage.statement_mode import (
     RefusalCache,
     autoincrement_counters,
@@ -64,7 +69,7 @@ from replidb.stream.logical import (
 )
 from replidb.transport.wire import Statement, StatementResult
 
-__all__ = ["SQLiteStore", "WriteOutcome", "describe_record"]
+__all__ = ["SQLiteStore", "SnapshotInfo", "WriteOutcome", "describe_record"]
 
 _SCHEMA = (
     LOG_SCHEMA
@@ -114,12 +119,21 @@ class SQLiteStore(NodeLogTables):
         self._unsynced_counters: set[str] | None = None
         self._deterministic: DeterministicWriter | None = None
         self._partial: Any = None
+        self.subscription: Any = None
         if subscription:
             from replidb.storage.subscription import parse_subscription
 
-            self.subscription: Any = parse_subscription(subscription)  # ValueError if bad
+            self.subscription = parse_subscription(subscription)  # ValueError if bad
+        self.path = path
+        snapshot_files.remove_install_leftovers(path)
+        self._open()
+
+    def _open(self) -> None:
+        """Open the connections (again, after a snapshot replaced the file)."""
+        path = self.path
+        self._deterministic = None
         try:
-            if stream == "logical":
+            if self.stream == "logical":
                 self.writer = apsw.Connection(str(path))
             else:
                 self._deterministic = DeterministicWriter(path)
@@ -136,7 +150,8 @@ class SQLiteStore(NodeLogTables):
             conn.set_busy_timeout(5000)
         self._writer_guard = install_guard(self.writer)
         self._reader_guard = install_guard(self.reader)
-        if subscription:
+        self._partial = None
+        if self.subscription is not None:
             from replidb.storage.subscription import PartialApplier
 
             # A partial replica applies the subscribed subset of each record.
@@ -220,6 +235,8 @@ class SQLiteStore(NodeLogTables):
             self.writer.execute("DELETE FROM replidb_undo WHERE idx <= ?", (index,))
 
     def _truncate(self, index: int) -> None:
+        if index <= self.snapshot_position()[0]:
+            raise InternalError(f"cannot truncate the log at {index}: it is compacted there")
         applied = self.applied_index()
         if index <= applied and self._partial is not None:
             # Learners apply committed entries only, so this cannot happen short of a bug.
@@ -405,6 +422,106 @@ class SQLiteStore(NodeLogTables):
         if self._unsynced_counters is not None:
             self._unsynced_counters |= tables  # changed outside the log
         return raised
+
+    # ---- snapshots (file work in storage/snapshot_files.py) -------------------
+
+    def create_snapshot(self, directory: Path, committed_index: int | None = None) -> SnapshotInfo:
+        """A snapshot of the data in ``directory``, at the applied position, or at
+        ``committed_index`` if that is lower (a leader applies its writes before they
+        commit; those are rolled back in the copy, since one may never commit). Uses
+        connections of its own: safe in a worker thread while this store serves."""
+        if self._partial is not None:
+            raise InternalError("a partial replica holds a subset: it cannot make a snapshot")
+        directory.mkdir(parents=True, exist_ok=True)
+        raw = directory / f".copy-{os.getpid()}-{time.monotonic_ns()}.tmp"
+        try:
+            snapshot_files.copy_database(self.path, raw)
+            copy = SQLiteStore(raw, stream=self.stream)
+            try:
+                index = copy.applied_index()
+                if committed_index is not None and committed_index < index:
+                    if committed_index < copy.first_index() - 1:
+                        raise InternalError(
+                            f"cannot snapshot at {committed_index}: the log was compacted "
+                            f"to {copy.first_index() - 1}"
+                        )
+                    term = copy.term(committed_index)
+                    with copy._transaction(synchronous="OFF"):
+                        copy._truncate(committed_index + 1)
+                    index = committed_index
+                else:
+                    term = copy.term(index)
+                return snapshot_files.finish_snapshot(copy.writer, directory, index, term)
+            finally:
+                copy.close()
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                raw.with_name(raw.name + suffix).unlink(missing_ok=True)
+
+    def install_snapshot(self, path: Path, index: int, term: int, committed_index: int) -> int:
+        """Replace this node's database with the snapshot at ``path`` (position
+        ``index``/``term``), keeping its term, vote and discarded transactions, and
+        describing into replidb_discarded what it applied above ``committed_index``
+        (an ex-leader's unreplicated writes). Returns how many it described."""
+        if self._partial is not None:
+            raise InternalError("a partial replica cannot install a full snapshot: resync it")
+        applied = self.applied_index()
+        if index < min(applied, committed_index):
+            raise ValueError(
+                f"snapshot at {index} is older than the committed state applied here "
+                f"({min(applied, committed_index)})"
+            )
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        lost = [
+            (t, idx, describe_record(rec), data, now, "replaced by a snapshot from the leader")
+            for idx, t, data, rec in self._unreplicated(index, term, committed_index)
+        ]
+        own = self.writer.execute(
+            "SELECT id, term, idx, changes, record, discarded_at, reason FROM replidb_discarded"
+        ).fetchall()
+        try:
+            hard = self.hard_state()
+            snapshot_files.prepare_install(path, self.path, index, term, hard, own, lost)
+        except BaseException:
+            snapshot_files.remove_install_leftovers(self.path)
+            raise
+        busy = self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy is None or busy[0]:
+            snapshot_files.remove_install_leftovers(self.path)
+            raise Unavailable("cannot install a snapshot now: another connection is reading")
+        self.close()
+        try:
+            snapshot_files.replace_database(self.path)
+        except OSError as exc:
+            raise InternalError(f"cannot install the snapshot: {exc}") from None
+        finally:
+            self._open()  # the new file, or the old one if the swap failed
+            self._unsynced_counters = None
+        return len(lost)
+
+    def _unreplicated(
+        self, index: int, term: int, committed_index: int
+    ) -> list[tuple[int, int, bytes, WriteRecord]]:
+        """The writes applied here above ``committed_index`` that the snapshot does not
+        hold: (index, term, logged data, the rows changed here). If this log has the
+        snapshot's entry (same term), everything up to it is the leader's too."""
+        lo = committed_index + 1
+        if self.term(index) == term and term:
+            lo = max(lo, index + 1)
+        out = []
+        for idx, t, kind, data in self.writer.execute(
+            "SELECT idx, term, kind, data FROM replidb_log WHERE idx BETWEEN ? AND ? ORDER BY idx",
+            (lo, self.applied_index()),
+        ).fetchall():
+            if kind != EntryKind.WRITE:
+                continue
+            assert isinstance(idx, int) and isinstance(t, int) and isinstance(data, bytes)
+            try:
+                record = self._local_record(idx, data)
+            except InternalError:  # no undo kept: describe the statements instead
+                record = decode_record(data)
+            out.append((idx, t, data, record))
+        return out
 
     # ---- helpers ---------------------------------------------------------------
 

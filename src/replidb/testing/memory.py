@@ -9,6 +9,10 @@ The "state machine" is the list of applied entries: the applied index is its len
 Truncating the log rolls back applied entries in the same call, as the real storage
 does in one SQLite transaction, so the two can never disagree after a crash.
 
+Compaction hides the log prefix from the core (``first_index``) while the model keeps
+the entries, so the checkers can still compare every position; a snapshot install
+replaces log and state with the source's committed prefix.
+
 Every rolled-back write is kept in ``discarded`` (the model of ``replidb_discarded``),
 in that same atomic step, and survives crashes. As in the real store, only *applied*
 writes are kept: entries that are truncated before they were applied were never
@@ -39,22 +43,27 @@ class MemoryStorage:
         # truncation, highest index first, as the real store does. Entry values carry
         # (term, index, data). Only ever appended to.
         self.discarded: list[Entry] = []
+        self.first = 1  # entries below were compacted: the core may not read them
+        self.snapshots_installed = 0
 
     # ---- LogReader ------------------------------------------------------------
+
+    def first_index(self) -> int:
+        return self.first
 
     def last_index(self) -> int:
         return len(self.log)
 
     def term(self, index: int) -> int:
-        if index == 0:
-            return 0
+        if index == 0 or index < self.first - 1:
+            return 0  # gone (as in the real store)
         if not 1 <= index <= len(self.log):
             # The core must only ask about durable positions: fail loudly otherwise.
             raise StorageError(f"term({index}) outside durable log 1..{len(self.log)}")
         return self.log[index - 1].term
 
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
-        if lo < 1 or hi > len(self.log):
+        if lo < self.first or hi > len(self.log):
             raise StorageError(f"entries({lo}, {hi}) outside durable log 1..{len(self.log)}")
         out: list[Entry] = []
         size = 0
@@ -103,6 +112,30 @@ class MemoryStorage:
         if index > len(self.log) or self.log[index - 1] != entry:
             raise StorageError(f"apply {entry!r}: not the logged entry at {index}")
         self.applied.append(entry)
+
+    def compact(self, up_to: int) -> None:
+        """Forget entries up to ``up_to`` (the caller passes a committed, applied index)."""
+        if up_to > len(self.applied):
+            raise StorageError(f"compact to {up_to} beyond applied {len(self.applied)}")
+        self.first = max(self.first, up_to + 1)
+
+    def install_snapshot(self, log: list[Entry], applied: list[Entry]) -> list[Entry]:
+        """Replace log and state with a snapshot (another node's committed prefix, the
+        same length for both). Applied writes of ours that it lacks (an ex-leader's
+        uncommitted tail) go to ``discarded``, in the same atomic step."""
+        common = 0
+        while (
+            common < min(len(applied), len(self.applied))
+            and applied[common] == self.applied[common]
+        ):
+            common += 1
+        rolled_back = self.applied[common:]
+        self.discarded.extend(e for e in reversed(rolled_back) if e.kind == EntryKind.WRITE)
+        self.log = list(log)
+        self.applied = list(applied)
+        self.first = len(log) + 1
+        self.snapshots_installed += 1
+        return rolled_back
 
     def write_applied(self, entry: Entry) -> None:
         """A leader's own transaction: log row and state change in one atomic write."""

@@ -75,6 +75,10 @@ class Params:
     # log but never campaign, vote or count for a majority. Drawn last, so a seed
     # without one keeps the shape it had before learners existed.
     learners: tuple[str, ...] = ()
+    # Log compaction (half the seeds, drawn after learners for the same reason): after
+    # each Ready a node forgets committed entries older than this many, so lagging or
+    # restarted followers must be brought back by snapshot. None: never compact.
+    compact_keep: int | None = None
 
     @staticmethod
     def draw(rng: random.Random) -> Params:
@@ -101,6 +105,8 @@ class Params:
             # Any position, so a learner is sometimes the first peer in sorted order.
             learner = f"n{rng.randint(1, nodes + 1)}"
             params = dataclasses.replace(params, learners=(learner,))
+        if rng.random() < 0.5:
+            params = dataclasses.replace(params, compact_keep=rng.choice((0, 2, 8, 30)))
         return params
 
     @staticmethod
@@ -130,6 +136,7 @@ class SimNode:
     crash_cut: int | None = None  # crash while handling the next Ready, before this part
     pending: list[Entry] = field(default_factory=list)  # proposed, not yet acknowledged
     settled: bool = True  # False while the replica has input whose Ready is not handled
+    fetching: bool = False  # a snapshot transfer to this node is under way
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,16 @@ class _World:
     pass
 
 
-_Event = _Tick | _Deliver | _World
+@dataclass(frozen=True)
+class _SnapshotDone:
+    """A snapshot transfer from ``source`` to ``node`` finishes (or fails) now."""
+
+    source: str
+    node: str
+    replica: int  # id() of the replica that asked: a restart in between cancels it
+
+
+_Event = _Tick | _Deliver | _World | _SnapshotDone
 
 
 class _Crashed(Exception):
@@ -184,6 +200,7 @@ class SimResult:
     learners: tuple[str, ...] = ()  # non-voting members (in addition to ``nodes`` voters)
     learners_led: int = 0  # terms in which a learner was leader (a checker forbids any)
     learner_applied: int = 0  # entries the learners had applied at the end, in all
+    snapshots: int = 0  # snapshots installed (seeds with log compaction)
 
     def summary(self) -> str:
         status = "ok" if not self.violations else "VIOLATION"
@@ -196,6 +213,7 @@ class SimResult:
             f"terms={self.terms} campaigns={self.campaigns} pre_votes={self.pre_votes} "
             f"discarded={self.discarded}"
             + (f" learners={','.join(self.learners)}" if self.learners else "")
+            + (f" snapshots={self.snapshots}" if self.snapshots else "")
         )
 
 
@@ -259,6 +277,7 @@ class Simulation:
         self.pre_votes = 0
         self.faults: dict[str, int] = {}  # kind -> how many happened (restarts included)
         self.rolled_back = 0
+        self.snapshots = 0
         self.converged = False
         self._touched: set[str] = set()  # nodes whose state the current step may change
         self._traced_commit = 0
@@ -272,6 +291,7 @@ class Simulation:
             f"delay<={p.max_delay} faults={p.fault_rate:.3f} batch={p.max_batch_entries} "
             f"apply={p.max_apply_entries} defer={p.defer_ready}"
             + (f" learners={','.join(p.learners)}" if p.learners else "")
+            + (f" compact_keep={p.compact_keep}" if p.compact_keep is not None else "")
         )
         for node in self.nodes:
             self._start(node)
@@ -310,6 +330,8 @@ class Simulation:
             self._on_tick(self.by_id[event.node])
         elif isinstance(event, _Deliver):
             self._on_deliver(event)
+        elif isinstance(event, _SnapshotDone):
+            self._on_snapshot_done(event)
         else:
             self._on_world()
         # (Also the nodes restarted between steps, when the liveness phase begins.)
@@ -363,6 +385,34 @@ class Simulation:
             # the core's handling of many inputs per batch. Its next tick drains it.
             node.settled = False
             return
+        self._drain(node)
+
+    def _on_snapshot_done(self, event: _SnapshotDone) -> None:
+        """The transfer completes if both ends are up and can talk; the snapshot is the
+        source's committed prefix, the only state it may hand out."""
+        node, source = self.by_id[event.node], self.by_id[event.source]
+        node.fetching = False
+        replica, giver = node.replica, source.replica
+        if replica is None or id(replica) != event.replica or giver is None:
+            return  # one end crashed: the next offer starts over
+        if {(event.source, event.node), (event.node, event.source)} & self._blocked:
+            return
+        index = min(giver.commit_index, source.storage.applied_index)
+        if index <= replica.commit_index or index < source.storage.first - 1:
+            return  # nothing newer than what it has
+        self._touched.add(node.id)
+        log = source.storage.log[:index]
+        rolled_back = node.storage.install_snapshot(log, source.storage.applied[:index])
+        self.snapshots += 1
+        self.rolled_back += len(rolled_back)
+        self._log(
+            f"{node.id} installs a snapshot at {index} from {source.id}"
+            + (f", rolls back {len(rolled_back)} applied" if rolled_back else "")
+        )
+        try:
+            replica.restore_snapshot(index, log[-1].term if log else 0)
+        except Exception as exc:
+            self._core_error(node.id, exc)
         self._drain(node)
 
     def _on_world(self) -> None:
@@ -455,6 +505,16 @@ class Simulation:
             self._cut(node, 5)
         if node.pending:
             self._acknowledge(node, replica, ready.acked_index)
+        keep = self.params.compact_keep
+        if keep is not None:
+            # Only committed, applied entries may go (a leader applies ahead of commit).
+            upto = min(replica.commit_index, storage.applied_index) - keep
+            if upto >= storage.first:
+                storage.compact(upto)
+        if ready.snapshot_from is not None and not node.fetching:
+            node.fetching = True
+            delay = self._net.randint(1, 3 * self.params.max_delay)
+            self._schedule(delay, _SnapshotDone(ready.snapshot_from, node.id, id(replica)))
         for event in ready.events:
             self._log(f"{node.id} {event.role.value} term={event.term} leader={event.leader}")
 
@@ -692,6 +752,7 @@ class Simulation:
             learner_applied=sum(
                 len(node.storage.applied) for node in self.nodes if node.id in self.learners
             ),
+            snapshots=self.snapshots,
         )
 
 

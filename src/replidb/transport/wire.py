@@ -11,7 +11,14 @@ from typing import Any
 
 import msgspec
 
-from replidb.core.messages import Append, AppendReply, TimeoutNow, VoteReply, VoteRequest
+from replidb.core.messages import (
+    Append,
+    AppendReply,
+    SnapshotOffer,
+    TimeoutNow,
+    VoteReply,
+    VoteRequest,
+)
 
 __all__ = [
     "Execute",
@@ -21,6 +28,8 @@ __all__ = [
     "Hello",
     "Message",
     "NodeStatus",
+    "SnapshotChunk",
+    "SnapshotFetch",
     "Statement",
     "StatementResult",
     "StatusReply",
@@ -121,6 +130,9 @@ class NodeStatus(msgspec.Struct, frozen=True):
     degraded: bool = False  # sync acknowledgements timed out: acknowledging as async
     degradations: int = 0
     subscription: str = ""  # a partial replica: the tables, rows and columns it takes
+    first_index: int = 1  # the oldest log entry this node still holds
+    needs_snapshot: list[str] = []  # leader only: followers behind the retained log
+    snapshot: str = ""  # a follower installing a snapshot: its progress
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):
@@ -143,6 +155,35 @@ class TransferReply(msgspec.Struct, frozen=True, tag="transfer_reply"):
     leader_address: str | None = None
 
 
+class SnapshotFetch(msgspec.Struct, frozen=True, tag="snapshot_fetch"):
+    """A follower asks the leader for the bytes of a snapshot from ``offset`` on.
+    ``snapshot_id`` empty: whatever snapshot the leader has (it makes one if needed);
+    otherwise the one being resumed — the leader answers from 0 with its current
+    snapshot if that one is gone."""
+
+    id: int
+    node: str
+    snapshot_id: str = ""
+    offset: int = 0
+
+
+class SnapshotChunk(msgspec.Struct, frozen=True, tag="snapshot_chunk"):
+    """``data`` is bytes ``offset .. offset+len(data)`` of snapshot ``snapshot_id``
+    (a consistent copy of the leader's database at log position ``index``/``term``),
+    ``crc32`` its checksum; ``total`` and ``sha256`` describe the whole file."""
+
+    id: int
+    snapshot_id: str = ""
+    index: int = 0
+    term: int = 0
+    total: int = 0
+    sha256: str = ""
+    offset: int = 0
+    data: bytes = b""
+    crc32: int = 0
+    error: str | None = None
+
+
 Message = (
     Hello
     | Execute
@@ -153,6 +194,9 @@ Message = (
     | StatusReply
     | TransferLeader
     | TransferReply
+    | SnapshotFetch
+    | SnapshotChunk
+    | SnapshotOffer
     | TimeoutNow
     | VoteRequest
     | VoteReply

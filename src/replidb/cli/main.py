@@ -21,13 +21,23 @@ cli.add_command(cluster)
 
 def _add_optional_commands() -> None:
     from replidb.cli.admin_cmd import transfer_leader_command
+    from replidb.cli.backup_cmd import backup_command, restore_command
     from replidb.cli.discarded_cmd import discarded
     from replidb.cli.explain_cmd import explain_replication
     from replidb.cli.sim_cmd import sim
     from replidb.cli.sql_cmd import sql
     from replidb.cli.status_cmd import status
 
-    commands = (sql, status, sim, transfer_leader_command, discarded, explain_replication)
+    commands = (
+        sql,
+        status,
+        sim,
+        transfer_leader_command,
+        discarded,
+        explain_replication,
+        backup_command,
+        restore_command,
+    )
     for command in commands:
         cli.add_command(command)
 

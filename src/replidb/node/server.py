@@ -262,8 +262,8 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             compact = getattr(self.store, "compact", None)
-            if compact is None:
-                continue  # the wal store keeps its whole log (snapshots of it: later)
+            if compact is None or not hasattr(self.store, "create_snapshot"):
+                continue  # a store that cannot make snapshots keeps its whole log
             entries, size = self.store.log_stats()  # type: ignore[attr-defined]
             safe = min(self.replica.commit_index, self.store.applied_index())
             in_use = self._snapshot_source.in_use_index

@@ -132,7 +132,7 @@ class SnapshotSource:
                         fetch.node,
                         fetch.snapshot_id,
                     )
-                info = await self._fresh()
+                info = await self._fresh(fetch.min_index)
                 offset = 0
             if not 0 <= offset <= info.size:
                 raise ProtocolError(f"offset {offset} is outside snapshot {info.snapshot_id}")
@@ -164,20 +164,29 @@ class SnapshotSource:
             return None
         return info if info.index >= self.store.first_index() - 1 else None
 
-    async def _fresh(self) -> SnapshotInfo:
+    async def _fresh(self, min_index: int = 0) -> SnapshotInfo:
         if not self._scanned:
             self._scanned = True
             self.directory.mkdir(parents=True, exist_ok=True)
             for leftover in self.directory.glob(".*.tmp"):  # a creation a crash cut short
                 leftover.unlink(missing_ok=True)
             self.current = snapshot_files.latest_snapshot(self.directory)
+        # Never more than is committed and applied: a snapshot is taken no further, so
+        # asking for more would make a new one on every fetch.
+        floor = min(min_index, self.store.applied_index())
+        if self._committed_index is not None:
+            floor = min(floor, self._committed_index())
         info = self._usable(self.current)
-        if info is not None and self.store.applied_index() - info.index <= self.max_age_entries:
+        fresh = info is not None and self.store.applied_index() - info.index <= self.max_age_entries
+        if info is not None and fresh and info.index >= floor:
             return info
-        if self._creating is None:
-            self._creating = asyncio.get_running_loop().create_task(self._create())
-            self._creating.add_done_callback(self._created)
-        return await asyncio.shield(self._creating)
+        while True:
+            if self._creating is None or self._creating.done():
+                self._creating = asyncio.get_running_loop().create_task(self._create())
+                self._creating.add_done_callback(self._created)
+            info = await asyncio.shield(self._creating)
+            if info.index >= floor:  # else it was begun before ``floor`` committed
+                return info
 
     async def _create(self) -> SnapshotInfo:
         committed = self._committed_index() if self._committed_index is not None else None
@@ -253,12 +262,14 @@ class SnapshotFetcher:
         chunk_timeout_s: float = 10.0,
         *,
         window: int = 4,
+        min_index: int = 0,
     ) -> None:
         self.node_id = node_id
         self.directory = directory
         self.log = log
         self.chunk_timeout_s = chunk_timeout_s
         self.window = max(1, window)
+        self.min_index = min_index  # no snapshot older than this (wire.SnapshotFetch)
         self.bytes_received = 0  # by this process, across fetches
         self.resumed_from = 0  # the offset the last fetch resumed at (0: from the start)
         self._target: _Target | None = None
@@ -327,7 +338,10 @@ class SnapshotFetcher:
         def ask(snapshot_id: str, offset: int) -> None:
             request_id = next(self._ids)
             pending[request_id] = offset
-            writer.write(frame(wire.SnapshotFetch(request_id, self.node_id, snapshot_id, offset)))
+            fetch = wire.SnapshotFetch(
+                request_id, self.node_id, snapshot_id, offset, min_index=self.min_index
+            )
+            writer.write(frame(fetch))
 
         ask(saved.snapshot_id if saved else "", saved.offset if saved else 0)
         while target is None or target.offset < target.total:

@@ -29,7 +29,7 @@ __all__ = ["convert_wal_layout", "has_wal_layout"]
 
 log = logging.getLogger("replidb.storage")
 
-_KEPT_META = ("term", "vote", "applied_index")
+_KEPT_META = ("term", "vote", "applied_index", "snapshot_index", "snapshot_term")
 
 
 def has_wal_layout(data_dir: Path) -> bool:

@@ -32,6 +32,12 @@ Rollback (a deposed leader's applied but uncommitted writes): the undo data is
 written back newest first and each write is kept in ``replidb_discarded``; the file
 ends byte-identical to a node that never had them.
 
+Snapshots (storage/physical_snapshot.py): the snapshot is this file itself, copied
+byte for byte at the commit index, so a follower that installs it is byte-identical
+to the others and the log can be compacted. The copy runs in a worker thread; what
+changes the main file (checkpoint, apply, rollback, install) holds ``_file_lock``
+meanwhile.
+
 Fault injection for tests: ``REPLIDB_DEBUG_APPLY_PAGE_DELAY_MS`` (``APPLY_DELAY_ENV``)
 makes ``apply`` sleep that long before each page it writes, so a test can kill the
 process mid-apply (storage/page_io.py).
@@ -42,6 +48,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import threading
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +58,7 @@ import apsw
 
 from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import Error, InternalError, ProtocolError
-from replidb.storage import sessions
+from replidb.storage import physical_snapshot, sessions
 from replidb.storage.executor import (
     NeedsWrite,
     capture_changes,
@@ -68,6 +75,7 @@ from replidb.storage.page_io import (
     read_header,
     write_pages,
 )
+from replidb.storage.snapshot_files import SnapshotInfo
 from replidb.storage.sqlite_store import WriteOutcome, describe_record
 from replidb.storage.wal_reader import (
     EMPTY_POSITION,
@@ -133,6 +141,8 @@ class PhysicalStore(NodeLogTables):
         self._wal_frames: int | None = None  # set by the WAL hook after a commit
         self._floors_pending = False
         self._closed = False
+        # Held while the main file changes, and by a snapshot copy (physical_snapshot).
+        self._file_lock = threading.RLock()
         self._recover()
         self._last_index, self._last_term = self._load_last()
 
@@ -141,11 +151,13 @@ class PhysicalStore(NodeLogTables):
         if self._closed:
             return
         self._closed = True
-        try:
-            self._quiesce()
-        finally:
-            self.node.close()
-            os.close(self._data_fd)
+        with self._file_lock:
+            try:
+                self._quiesce()
+            finally:
+                self.node.close()
+                if self._data_fd >= 0:
+                    os.close(self._data_fd)
 
     def _clear_meta(self, key: str) -> None:
         self.node.execute("DELETE FROM replidb_meta WHERE key=?", (key,))
@@ -159,6 +171,8 @@ class PhysicalStore(NodeLogTables):
 
     def _recover(self) -> None:
         """Repair what a crash left, before any connection opens ``data.db``."""
+        if physical_snapshot.recover_install(self):
+            log.warning("%s: finished an interrupted snapshot install", self.directory)
         dropped = drop_unlogged(self.wal_path, self._logged_position(), self.page_size)
         if dropped:
             log.warning(
@@ -193,8 +207,13 @@ class PhysicalStore(NodeLogTables):
         for entry in entries:
             if entry.kind == EntryKind.WRITE:
                 self._decode(entry)
+        if truncate_from is not None and truncate_from <= self.snapshot_position()[0]:
+            raise InternalError(
+                f"cannot truncate the log at {truncate_from}: it is compacted there"
+            )
         if truncate_from is not None and truncate_from <= self.applied_index():
-            self._roll_back(truncate_from, hard_state)
+            with self._file_lock:
+                self._roll_back(truncate_from, hard_state)
         with self._txn("FULL"):
             if hard_state is not None:
                 self._set_meta("term", hard_state.term)
@@ -217,12 +236,18 @@ class PhysicalStore(NodeLogTables):
             return
         records = [self._decode(e) for e in entries if e.kind == EntryKind.WRITE]
         lo, hi = entries[0].index, entries[-1].index
-        if records:
+        if not records:
+            self._note_applied(hi)
+            return
+        with self._file_lock:
             self._quiesce()
             with self._txn("FULL"):
                 self._set_meta("applying", f"{lo} {hi}")
                 self._set_meta("wal_position", EMPTY_POSITION.encode())
             self._write_pages(records)
+            self._note_applied(hi)
+
+    def _note_applied(self, hi: int) -> None:
         # NORMAL is enough: if this is lost, "applying" survives and the open re-applies.
         with self._txn("NORMAL"):
             self._set_meta("applied_index", hi)
@@ -398,15 +423,20 @@ class PhysicalStore(NodeLogTables):
     def _checkpoint(self) -> None:
         """Copy the (logged) WAL into the main file and restart it."""
         assert self._writer is not None and self._tail is not None
+        if not self._file_lock.acquire(blocking=False):
+            return  # a snapshot is being copied: a later write retries
         try:
-            self._writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-        except apsw.Error as exc:
-            log.warning("checkpoint of %s failed, will retry: %s", self.wal_path, exc)
-            return
-        if file_size(self.wal_path) == 0:
-            self._tail.reset()
-            with self._txn("NORMAL"):
-                self._set_meta("wal_position", EMPTY_POSITION.encode())
+            try:
+                self._writer.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            except apsw.Error as exc:
+                log.warning("checkpoint of %s failed, will retry: %s", self.wal_path, exc)
+                return
+            if file_size(self.wal_path) == 0:
+                self._tail.reset()
+                with self._txn("NORMAL"):
+                    self._set_meta("wal_position", EMPTY_POSITION.encode())
+        finally:
+            self._file_lock.release()
 
     # ---- leader path -----------------------------------------------------------
 
@@ -551,6 +581,23 @@ class PhysicalStore(NodeLogTables):
             conn.execute("ROLLBACK")
         self._floors_pending = count > 0
         return count
+
+    # ---- snapshots (storage/physical_snapshot.py) ------------------------------
+
+    def create_snapshot(self, directory: Path, committed_index: int | None = None) -> SnapshotInfo:
+        """The data file, byte for byte, at ``committed_index`` (or the applied index if
+        that is lower; later if the commit index has moved on and the undo data below
+        it is gone), published in ``directory``. Safe in a worker thread while this
+        store serves: it uses no connection of the store's."""
+        return physical_snapshot.create_snapshot(self, directory, committed_index)
+
+    def install_snapshot(self, path: Path, index: int, term: int, committed_index: int) -> int:
+        """Replace ``data.db`` with the snapshot at ``path`` (position ``index``/``term``),
+        crash-safely, keeping term, vote and replidb_discarded, and describing into
+        replidb_discarded this node's own writes above ``committed_index``. ProtocolError
+        if the file does not fit this node (the version lock). Returns how many it
+        described."""
+        return physical_snapshot.install_snapshot(self, path, index, term, committed_index)
 
 
 class _Txn:

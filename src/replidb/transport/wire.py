@@ -159,12 +159,15 @@ class SnapshotFetch(msgspec.Struct, frozen=True, tag="snapshot_fetch"):
     """A follower asks the leader for the bytes of a snapshot from ``offset`` on.
     ``snapshot_id`` empty: whatever snapshot the leader has (it makes one if needed);
     otherwise the one being resumed — the leader answers from 0 with its current
-    snapshot if that one is gone."""
+    snapshot if that one is gone. ``min_index``: when the leader picks a snapshot, none
+    older than this (capped at its commit index) — a backup asks with the commit index
+    it saw, so it holds every write committed before it began."""
 
     id: int
     node: str
     snapshot_id: str = ""
     offset: int = 0
+    min_index: int = 0
 
 
 class SnapshotChunk(msgspec.Struct, frozen=True, tag="snapshot_chunk"):

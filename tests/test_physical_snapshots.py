@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
+from tests.physical_support import crash, integrity
 
 from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import InternalError, ProtocolError
@@ -67,41 +66,6 @@ def data_bytes(store: PhysicalStore) -> bytes:
 
 def rows(store: PhysicalStore, sql: str) -> list[list[object]]:
     return store.execute_read([S(sql)])[0].rows
-
-
-def integrity(path: Path) -> str:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        row = conn.execute("PRAGMA integrity_check").fetchone()
-        assert row is not None
-        return str(row[0])
-    finally:
-        conn.close()
-
-
-def crash(store: PhysicalStore) -> None:
-    """Drop the store as a killed process would: no checkpoint, nothing finished."""
-    for conn in (store._reader, store._writer):
-        if conn is not None:
-            conn.close()  # checkpoint-on-close is off for the store's connections
-    store.node.close()
-    os.close(store._data_fd)
-    store._closed = True
-
-
-@pytest.fixture
-def make(tmp_path: Path) -> Iterator[Callable[..., PhysicalStore]]:
-    opened: list[PhysicalStore] = []
-
-    def factory(name: str, page_size: int = 4096) -> PhysicalStore:
-        store = PhysicalStore(tmp_path / name, page_size=page_size)
-        opened.append(store)
-        return store
-
-    yield factory
-    for store in opened:
-        if not store._closed:
-            store.close()
 
 
 def _leader(

@@ -9,11 +9,12 @@ import logging
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
 import pytest
+from tests.physical_support import crash, integrity
 
 from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import BadRequest, InternalError, ProtocolError
@@ -62,41 +63,6 @@ def rows(store: PhysicalStore, sql: str) -> list[list[object]]:
 def data_bytes(store: PhysicalStore) -> bytes:
     """The data file of a closed store."""
     return (store.directory / "data.db").read_bytes()
-
-
-def integrity(path: Path) -> str:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        row = conn.execute("PRAGMA integrity_check").fetchone()
-        assert row is not None
-        return str(row[0])
-    finally:
-        conn.close()
-
-
-def crash(store: PhysicalStore) -> None:
-    """Drop the store as a killed process would: no checkpoint, nothing finished."""
-    for conn in (store._reader, store._writer):
-        if conn is not None:
-            conn.close()  # checkpoint-on-close is off for the store's connections
-    store.node.close()
-    os.close(store._data_fd)
-    store._closed = True
-
-
-@pytest.fixture
-def make(tmp_path: Path) -> Iterator[Callable[..., PhysicalStore]]:
-    opened: list[PhysicalStore] = []
-
-    def factory(name: str, page_size: int = 4096) -> PhysicalStore:
-        store = PhysicalStore(tmp_path / name, page_size=page_size)
-        opened.append(store)
-        return store
-
-    yield factory
-    for store in opened:
-        if not store._closed:
-            store.close()
 
 
 # ---- byte identity -----------------------------------------------------------------

@@ -121,7 +121,7 @@ class Node:
         self._noted_commit = 0  # the commit index the store last heard of
         snapshots = config.data_dir / "snapshots"
         self._snapshot_source = SnapshotSource(
-            self.store,  # type: ignore[arg-type]
+            self.store,
             snapshots,
             log,
             max_age_entries=max(1, config.max_log_entries // 2),
@@ -261,10 +261,7 @@ class Node:
         """Once a second: forget committed log entries beyond the retention cap."""
         while True:
             await asyncio.sleep(1.0)
-            compact = getattr(self.store, "compact", None)
-            if compact is None or not hasattr(self.store, "create_snapshot"):
-                continue  # a store that cannot make snapshots keeps its whole log
-            entries, size = self.store.log_stats()  # type: ignore[attr-defined]
+            entries, size = self.store.log_stats()
             safe = min(self.replica.commit_index, self.store.applied_index())
             in_use = self._snapshot_source.in_use_index
             upto = compaction_point(
@@ -279,7 +276,7 @@ class Node:
                 upto = min(upto, in_use)  # a follower continues from that snapshot
             if upto > 0:
                 try:
-                    removed = compact(upto)
+                    removed = self.store.compact(upto)
                 except Exception as exc:  # storage failed: stop rather than serve wrong data
                     self._fatal(exc)
                     return
@@ -309,7 +306,7 @@ class Node:
             return
         await self._snapshot_source.settle()  # a snapshot being made reads the file
         try:
-            discarded = self.store.install_snapshot(  # type: ignore[attr-defined]
+            discarded = self.store.install_snapshot(
                 info.path, info.index, info.term, replica.commit_index
             )
         except Unavailable as exc:  # a reader holds the file: the next offer retries

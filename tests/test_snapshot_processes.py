@@ -8,14 +8,13 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import apsw
 import pytest
 
 import replidb
-from replidb.testing.local_cluster import LocalCluster
+from replidb.testing.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +34,6 @@ def _rows(path: Path) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_follower_far_behind_catches_up_by_a_resumed_snapshot(tmp_path: Path) -> None:
     cluster = LocalCluster(
         tmp_path,
@@ -53,24 +43,21 @@ def test_a_follower_far_behind_catches_up_by_a_resumed_snapshot(tmp_path: Path) 
     )
     cluster.start_all()
     try:
-        leader = cluster.wait_for_leader()
-        if leader == "n3":
-            cluster.kill("n3")
-            leader = cluster.wait_for_leader(exclude="n3")
-        else:
-            cluster.kill("n3")
+        cluster.wait_for_leader()
+        cluster.kill("n3")  # the follower that falls behind (if it led, another takes over)
+        leader = cluster.wait_for_leader(exclude="n3")
         conn = replidb.connect(cluster.addresses[leader], autocommit=True, timeout=30)
         cur = conn.cursor()
         cur.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, batch INTEGER, v TEXT)")
         for batch in range(TXNS):
             cur.execute(INSERT, (ROWS_PER_TXN, batch, batch))
         conn.close()
-        _wait(
+        wait_until(
             lambda: (s := cluster.status(leader)) is not None and s.first_index > 1000,
             30,
             "the leader to compact its log",
         )
-        _wait(
+        wait_until(
             lambda: (s := cluster.status(leader)) is not None and s.needs_snapshot == ["n3"],
             10,
             "the leader to mark n3 as needing a snapshot",
@@ -93,12 +80,12 @@ def test_a_follower_far_behind_catches_up_by_a_resumed_snapshot(tmp_path: Path) 
                 return False
             return bool(0.2 * state["total"] < state["offset"] < 0.8 * state["total"])
 
-        _wait(part_way, 60, "the snapshot transfer to get part-way")
+        wait_until(part_way, 60, "the snapshot transfer to get part-way")
         cut_at = json.loads(sidecar.read_text())["offset"]
         cluster.kill("n3")
         cluster.node_env["n3"] = {}
         cluster.start("n3")
-        _wait(lambda: "installed snapshot" in cluster.log("n3"), 60, "the snapshot install")
+        wait_until(lambda: "installed snapshot" in cluster.log("n3"), 60, "the snapshot install")
         log = cluster.log("n3")
         resumed = [int(m) for m in re.findall(r"resuming at byte (\d+)", log)]
         assert resumed[0] == 0 and resumed[-1] >= cut_at > 0, resumed

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import replidb
-from replidb.testing.local_cluster import LocalCluster, NumberedWriter
+from replidb.testing.local_cluster import LocalCluster, NumberedWriter, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,6 @@ INSERT = (
 )
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -42,24 +33,21 @@ def test_a_follower_far_behind_catches_up_by_a_wal_snapshot(tmp_path: Path) -> N
     cluster = LocalCluster(tmp_path, nodes=3, extra=("--stream", "wal", "--max-log-entries", "50"))
     cluster.start_all()
     try:
-        leader = cluster.wait_for_leader()
-        if leader == "n3":
-            cluster.kill("n3")
-            leader = cluster.wait_for_leader(exclude="n3")
-        else:
-            cluster.kill("n3")
+        cluster.wait_for_leader()
+        cluster.kill("n3")  # the follower that falls behind (if it led, another takes over)
+        leader = cluster.wait_for_leader(exclude="n3")
         conn = replidb.connect(cluster.addresses[leader], autocommit=True, timeout=30)
         cur = conn.cursor()
         cur.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, batch INTEGER, v TEXT)")
         cur.execute("CREATE TABLE w(id INTEGER PRIMARY KEY, n INTEGER UNIQUE)")
         for batch in range(TXNS):
             cur.execute(INSERT, (ROWS_PER_TXN, batch, batch))
-        _wait(
+        wait_until(
             lambda: (s := cluster.status(leader)) is not None and s.first_index > 100,
             15,
             "the leader to compact its log",
         )
-        _wait(
+        wait_until(
             lambda: (s := cluster.status(leader)) is not None and s.needs_snapshot == ["n3"],
             10,
             "the leader to mark n3 as needing a snapshot",
@@ -68,7 +56,7 @@ def test_a_follower_far_behind_catches_up_by_a_wal_snapshot(tmp_path: Path) -> N
         writer = NumberedWriter(cluster.addresses[leader], "w")
         writer.start()
         cluster.start("n3")
-        _wait(lambda: "installed snapshot" in cluster.log("n3"), 30, "the snapshot install")
+        wait_until(lambda: "installed snapshot" in cluster.log("n3"), 30, "the snapshot install")
         time.sleep(0.5)  # n3 continues from the log on top of the installed file
         writer.stop.set()
         writer.join(30)

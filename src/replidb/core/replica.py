@@ -484,13 +484,20 @@ class Replica:
 
     # ---- replication: follower side -------------------------------------------
 
-    def _on_append(self, msg: Append) -> None:
+    def _accept_leader(self, msg: Append | SnapshotOffer) -> bool:
+        """A message from a leader: refuse a stale one; otherwise follow its sender and
+        restart the election timer."""
         if msg.term < self.term:
             self._messages.append((msg.sender, AppendReply(self.term, self.id, False, 0)))
-            return
+            return False
         if self.role is not Role.FOLLOWER or self.leader != msg.sender:
             self._become_follower(msg.term, msg.sender)
         self._elapsed = 0
+        return True
+
+    def _on_append(self, msg: Append) -> None:
+        if not self._accept_leader(msg):
+            return
         base = self.log.first_index - 1
         if msg.prev_index < base:
             # Entries up to ``base`` were compacted here, after they committed: every
@@ -532,12 +539,8 @@ class Replica:
             self.commit_index = max(self.commit_index, min(leader_commit, last_new))
 
     def _on_snapshot_offer(self, msg: SnapshotOffer) -> None:
-        if msg.term < self.term:
-            self._messages.append((msg.sender, AppendReply(self.term, self.id, False, 0)))
+        if not self._accept_leader(msg):
             return
-        if self.role is not Role.FOLLOWER or self.leader != msg.sender:
-            self._become_follower(msg.term, msg.sender)
-        self._elapsed = 0
         base = msg.first_index - 1
         ours = self.log.first_index - 1
         if base <= ours:

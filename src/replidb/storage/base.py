@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 from replidb.core.messages import Entry, HardState
+from replidb.storage.migrate import convert_wal_layout, has_wal_layout
+from replidb.storage.physical_store import PhysicalStore
 from replidb.storage.snapshot_files import SnapshotInfo
-from replidb.storage.sqlite_store import WriteOutcome
+from replidb.storage.sqlite_store import SQLiteStore, WriteOutcome
 from replidb.transport.wire import Statement, StatementResult
 
 __all__ = ["STREAMS", "NodeStore", "open_store"]
@@ -77,15 +79,7 @@ def open_store(
                 "follower to start from the leader's exact file; seed this node from a "
                 "copy of the leader's data.db instead (docs/streams.md)"
             )
-        from replidb.storage.physical_store import PhysicalStore
-
         return PhysicalStore(data_dir, page_size=page_size)
-    from replidb.storage.migrate import convert_wal_layout, has_wal_layout
-    from replidb.storage.sqlite_store import SQLiteStore
-
     if has_wal_layout(data_dir) and not single.exists():
         convert_wal_layout(data_dir, single)
-
-    return SQLiteStore(
-        data_dir / "replidb.db", stream=stream, row_images=row_images, subscription=subscription
-    )
+    return SQLiteStore(single, stream=stream, row_images=row_images, subscription=subscription)

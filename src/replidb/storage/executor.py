@@ -25,8 +25,10 @@ __all__ = [
     "REPLICATED_INTERNAL_TABLES",
     "NeedsWrite",
     "capture_changes",
+    "changes_data",
     "install_guard",
     "quote_name",
+    "run_read",
     "run_statements",
     "translate",
 ]
@@ -192,6 +194,35 @@ def run_statements(
             )
         )
     return results
+
+
+def run_read(
+    conn: apsw.Connection, guard: _Guard, statements: Sequence[Statement]
+) -> list[StatementResult]:
+    """Run statements on a read-only connection (``PRAGMA query_only``) in a
+    transaction that is always rolled back; NeedsWrite if any statement writes."""
+    conn.execute("BEGIN")
+    guard.user = True
+    try:
+        return run_statements(conn, statements)
+    except apsw.ReadOnlyError:
+        raise NeedsWrite() from None
+    except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
+        raise translate(exc, guard) from None
+    finally:
+        guard.user = False
+        conn.execute("ROLLBACK")
+
+
+def changes_data(segments: Sequence[Segment]) -> bool:
+    """True unless a write touched nothing but replidb_client_sessions (a read-only
+    transaction's bookkeeping, which need not be logged)."""
+    for segment in segments:
+        if not isinstance(segment, Changes):
+            return True  # DDL
+        if any(c.table != "replidb_client_sessions" for c in iter_changeset(segment.changeset)):
+            return True
+    return False
 
 
 def capture_changes(

@@ -24,6 +24,7 @@ import apsw
 
 from replidb.errors import InternalError
 from replidb.storage.node_log import LOG_SCHEMA
+from replidb.storage.physical_store import PhysicalStore
 
 __all__ = ["convert_wal_layout", "has_wal_layout"]
 
@@ -39,8 +40,6 @@ def has_wal_layout(data_dir: Path) -> bool:
 def convert_wal_layout(data_dir: Path, target: Path) -> None:
     """Build ``target`` (replidb.db) from data.db + node.db; the originals are kept
     under ``wal-era/`` until the operator removes them."""
-    from replidb.storage.physical_store import PhysicalStore
-
     PhysicalStore(data_dir).close()  # finishes an interrupted apply, checkpoints
     node = apsw.Connection(str(data_dir / "node.db"))
     try:

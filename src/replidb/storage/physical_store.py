@@ -60,10 +60,10 @@ from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import Error, InternalError, ProtocolError
 from replidb.storage import physical_snapshot, sessions
 from replidb.storage.executor import (
-    NeedsWrite,
     capture_changes,
+    changes_data,
     install_guard,
-    run_statements,
+    run_read,
     translate,
 )
 from replidb.storage.node_log import LOG_SCHEMA, NodeLogTables
@@ -83,7 +83,7 @@ from replidb.storage.wal_reader import (
     WalTail,
     drop_unlogged,
 )
-from replidb.stream.logical import Changes, Segment, WriteRecord
+from replidb.stream.logical import Segment, WriteRecord
 from replidb.stream.physical import PageRecord, decode_page_record, encode_page_record
 from replidb.transport.wire import Statement, StatementResult
 
@@ -442,18 +442,7 @@ class PhysicalStore(NodeLogTables):
 
     def execute_read(self, statements: Sequence[Statement]) -> list[StatementResult]:
         """Run on the read-only connection; NeedsWrite if any statement writes."""
-        conn = self._reader_conn()
-        conn.execute("BEGIN")
-        self._reader_guard.user = True
-        try:
-            return run_statements(conn, statements)
-        except apsw.ReadOnlyError:
-            raise NeedsWrite() from None
-        except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
-            raise translate(exc, self._reader_guard) from None
-        finally:
-            self._reader_guard.user = False
-            conn.execute("ROLLBACK")
+        return run_read(self._reader_conn(), self._reader_guard, statements)
 
     def execute_write(
         self,
@@ -486,7 +475,7 @@ class PhysicalStore(NodeLogTables):
                     sessions.remember_result(conn, client_id, seq, results, index)
 
             results, segments = capture_changes(conn, statements, self._writer_guard, remember)
-            if dry_run or not _changes_data(segments):
+            if dry_run or not changes_data(segments):
                 return WriteOutcome(results, None)
             self._wal_frames = None
             conn.execute("COMMIT")
@@ -623,14 +612,3 @@ class _Txn:
             self.conn.execute("ROLLBACK")
         if isinstance(exc, apsw.Error) and not isinstance(exc, Error):
             raise InternalError(f"storage failure: {exc}") from exc
-
-
-def _changes_data(segments: Sequence[Segment]) -> bool:
-    """True unless the write touched nothing but replidb_client_sessions (a read-only
-    transaction's bookkeeping, which need not be logged)."""
-    for segment in segments:
-        if not isinstance(segment, Changes):
-            return True  # DDL
-        if any(c.name != "replidb_client_sessions" for c in apsw.Changeset.iter(segment.changeset)):
-            return True
-    return False

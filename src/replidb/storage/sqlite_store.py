@@ -42,10 +42,10 @@ from replidb.errors import Error, InternalError, Unavailable
 from replidb.storage import sessions, snapshot_files
 from replidb.storage.determinism import DeterministicWriter
 from replidb.storage.executor import (
-    NeedsWrite,
     capture_changes,
+    changes_data,
     install_guard,
-    run_statements,
+    run_read,
     translate,
 )
 from replidb.storage.node_log import LOG_SCHEMA, NodeLogTables
@@ -307,18 +307,7 @@ class SQLiteStore(NodeLogTables):
 
     def execute_read(self, statements: Sequence[Statement]) -> list[StatementResult]:
         """Run on the read-only connection; NeedsWrite if any statement writes."""
-        conn = self.reader
-        conn.execute("BEGIN")
-        self._reader_guard.user = True
-        try:
-            return run_statements(conn, statements)
-        except apsw.ReadOnlyError:
-            raise NeedsWrite() from None
-        except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
-            raise translate(exc, self._reader_guard) from None
-        finally:
-            self._reader_guard.user = False
-            conn.execute("ROLLBACK")
+        return run_read(self.reader, self._reader_guard, statements)
 
     def execute_write(
         self,
@@ -367,10 +356,7 @@ class SQLiteStore(NodeLogTables):
             finally:
                 if self._deterministic is not None:
                     self._deterministic.leave()
-            if dry_run or not any(
-                isinstance(s, DDL) or (isinstance(s, Changes) and not _only_sessions(s.changeset))
-                for s in segments
-            ):
+            if dry_run or not changes_data(segments):
                 return WriteOutcome(results, None)
             schema = conn.execute("PRAGMA schema_version").fetchone()
             logged: list[Segment] = segments
@@ -579,12 +565,6 @@ def _json_values(values: dict[str, Any] | None) -> dict[str, Any] | None:
     if values is None:
         return None
     return {k: {"hex": v.hex()} if isinstance(v, bytes) else v for k, v in values.items()}
-
-
-def _only_sessions(changeset: bytes) -> bool:
-    """True if a changeset touches nothing but replidb_client_sessions (a read-only
-    transaction's bookkeeping, which need not be logged)."""
-    return all(c.name == "replidb_client_sessions" for c in apsw.Changeset.iter(changeset))
 
 
 def _refuse_conflict(reason: int, change: Any) -> int:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from replidb.errors import Error
 from replidb.node.process import die_with_parent
 from replidb.transport import wire
 
-__all__ = ["LocalCluster", "NumberedWriter", "free_ports", "pid_alive"]
+__all__ = ["LocalCluster", "NumberedWriter", "free_ports", "pid_alive", "wait_until"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -196,6 +197,16 @@ class LocalCluster:
             status = self.status(node) if self.alive(node) else None
             parts.append(f"{node}: {status!r}" if status else f"{node}: down")
         return "; ".join(parts)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -35,6 +35,15 @@ def free_base_port(start: int = 7101, count: int = 3) -> int:
     raise SystemExit("demo: no free ports near 7101")
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run(*args: str, show: bool = True) -> str:
     if show:
         print(f"\n$ replidb {shlex.join(args)}", flush=True)
@@ -64,7 +73,7 @@ def wait_for_leader(connect: str, deadline_s: float = 15.0) -> dict[str, object]
 
 
 def main() -> int:
-    base = free_base_port()
+    base = free_base_port(count=4)
     workdir = Path(tempfile.mkdtemp(prefix="replidb-demo-"))
     addresses = [f"127.0.0.1:{base + i}" for i in range(3)]
     connect = ",".join(addresses)
@@ -76,6 +85,7 @@ def main() -> int:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
+    joiner: subprocess.Popen[bytes] | None = None
     try:
         status = wait_for_leader(connect)
         nodes = status["nodes"]
@@ -127,14 +137,24 @@ def main() -> int:
             print(f"\nread from follower {node['id']}:", end="")
             run("sql", "--connect", node["address"], "-c", query)
 
+        # Grow the running cluster: a fourth node joins as a learner, catches up,
+        # and is promoted to voter.
+        n4 = f"127.0.0.1:{base + 3}"
+        peers = ",".join(f"n{i + 1}={address}" for i, address in enumerate(addresses))
+        serve = ["serve", "--node-id", "n4", "--data", str(workdir / "n4"), "--listen", n4]
+        print(f"\n$ replidb {shlex.join([*serve, '--peers', peers, '--join'])} &")
+        with (workdir / "n4.log").open("wb") as n4_log:
+            joiner = subprocess.Popen(
+                [REPLIDB, *serve, "--peers", peers, "--join"],
+                stdout=n4_log,
+                stderr=subprocess.STDOUT,
+            )
+        run("join", "--connect", connect, "--node-id", "n4", "--address", n4)
         run("status", "--connect", connect)
     finally:
-        cluster.send_signal(signal.SIGTERM)
-        try:
-            cluster.wait(15)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
-            cluster.wait()
+        if joiner is not None:
+            stop(joiner)
+        stop(cluster)
     leftovers = []
     for pid_file in workdir.glob("n*/pid"):
         pid = int(pid_file.read_text())

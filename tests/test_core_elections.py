@@ -187,7 +187,7 @@ def with_learner() -> dict[str, Node]:
     }
 
 
-def test_a_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
+def test_a_learner_receives_the_log_but_never_campaigns_or_is_asked_to_vote() -> None:
     nodes = with_learner()
     for _ in range(10 * ELECTION):  # the learner's timer never starts an election
         assert nodes["n4"].tick() == []
@@ -197,13 +197,12 @@ def test_a_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
     entry = nodes["n1"].propose(b"to everyone")
     heartbeat(nodes, "n1", 2)
     assert nodes["n4"].storage.applied_index >= entry.index  # it applies like a follower
-    # Asked for a vote (even for a transfer, which overrides the lease), it says no.
-    reply = nodes["n4"].step(VoteRequest(9, "n2", 100, 8, transfer=True))
-    assert [m.granted for _, m in reply if isinstance(m, VoteReply)] == [False]
-    assert nodes["n4"].replica.vote is None
-    nodes["n4"].replica._elapsed = ELECTION  # out of the leader's lease: a pre-vote too
-    reply = nodes["n4"].step(VoteRequest(12, "n2", 100, 11, pre_vote=True))
-    assert [m.granted for _, m in reply if isinstance(m, VoteReply)] == [False]
+    # A campaigning voter asks the other voters only: the learner's vote would not count.
+    nodes["n2"].replica._elapsed = 10 * ELECTION
+    asked = [to for to, m in nodes["n2"].tick() if isinstance(m, VoteRequest)]
+    assert asked and "n4" not in asked
+    # (A candidate that has seen the learner promoted does ask it; it answers by the
+    # usual rules then, or elections could deadlock: sim --membership seed 10.)
 
 
 def test_learners_count_for_no_majority() -> None:

@@ -37,6 +37,25 @@ def _write(nodes: dict[str, Node], count: int, drop: str = "") -> None:
         _deliver(nodes, "n1", leader.handle(), drop=drop)
 
 
+def _n3_behind_a_compacted_log() -> tuple[dict[str, Node], Node, Node, int]:
+    """n3 missed 10 writes that the leader has since compacted away."""
+    nodes = _cluster()
+    _write(nodes, 3)
+    _write(nodes, 10, drop="n3")
+    leader, n3 = nodes["n1"], nodes["n3"]
+    commit = leader.replica.commit_index
+    leader.storage.compact(commit - 2)
+    return nodes, leader, n3, commit
+
+
+def _install(leader: Node, follower: Node, commit: int) -> None:
+    """The caller's side: install the leader's committed prefix, then tell the core."""
+    follower.storage.install_snapshot(leader.storage.log[:commit], leader.storage.applied[:commit])
+    follower.replica.restore_snapshot(
+        commit, leader.storage.log[commit - 1].term, leader.replica.membership_at(commit)
+    )
+
+
 def test_a_follower_behind_the_compacted_log_is_offered_a_snapshot() -> None:
     nodes = _cluster()
     _write(nodes, 3)
@@ -56,8 +75,7 @@ def test_a_follower_behind_the_compacted_log_is_offered_a_snapshot() -> None:
     assert replies == [("n1", AppendReply(offer.term, "n3", False, 0))]
     assert leader.step(replies[0][1]) == []  # still fetching: nothing re-sent
     # The caller installs the leader's committed prefix, then tells the core.
-    n3.storage.install_snapshot(leader.storage.log[:commit], leader.storage.applied[:commit])
-    n3.replica.restore_snapshot(commit, leader.storage.log[commit - 1].term)
+    _install(leader, n3, commit)
     ack = n3.handle()
     assert ack == [("n1", AppendReply(offer.term, "n3", True, commit))]
     _deliver(nodes, "n3", ack)
@@ -114,17 +132,40 @@ def test_a_follower_skips_entries_below_its_own_compaction_point() -> None:
 
 
 def test_a_late_offer_after_an_install_asks_for_nothing() -> None:
-    nodes = _cluster()
-    _write(nodes, 3)
-    _write(nodes, 10, drop="n3")
-    leader, n3 = nodes["n1"], nodes["n3"]
-    commit = leader.replica.commit_index
-    leader.storage.compact(commit - 2)
+    _, leader, n3, commit = _n3_behind_a_compacted_log()
     offer = next(m for to, m in leader.tick() if to == "n3" and isinstance(m, SnapshotOffer))
     n3.step(offer)
-    n3.storage.install_snapshot(leader.storage.log[:commit], leader.storage.applied[:commit])
-    n3.replica.restore_snapshot(commit, leader.storage.log[commit - 1].term)
+    _install(leader, n3, commit)
     n3.handle()
     fetches = sum(1 for r in n3.readies if r.snapshot_from)
     assert n3.step(offer) == [("n1", AppendReply(offer.term, "n3", True, commit))]
     assert sum(1 for r in n3.readies if r.snapshot_from) == fetches  # no second fetch
+
+
+def test_refusals_of_old_offers_arriving_after_the_install_start_no_batches() -> None:
+    """Offers pile up while a follower fetches; its refusals of them can arrive after
+    its success. Each used to start one more batch (30 in flight on a sim seed)."""
+    nodes, leader, n3, commit = _n3_behind_a_compacted_log()
+    offers = [m for to, m in leader.tick(3) if to == "n3" and isinstance(m, SnapshotOffer)]
+    refusals = [m for offer in offers for _, m in n3.step(offer)]
+    assert len(refusals) == 3 and not any(r.success for r in refusals)
+    _install(leader, n3, commit)
+    (ack,) = [m for _, m in n3.handle()]
+    leader.step(ack)  # back to the log
+    _write(nodes, 2, drop="n3")  # one batch in flight to n3, not yet delivered
+    late = [m for refusal in refusals for to, m in leader.step(refusal) if to == "n3"]
+    assert late == []  # (without the check: three more batches of the same entries)
+    assert leader.replica.match_index("n3") == commit
+
+
+def test_a_fetched_snapshot_is_not_wanted_where_the_log_already_holds_its_entry() -> None:
+    nodes = _cluster()
+    _write(nodes, 5)
+    n2 = nodes["n2"].replica
+    index = n2.last_index
+    term = n2.log.term(index)
+    n2.commit_index = index - 2  # (commit lags: a newer leader had not told it yet)
+    assert not n2.wants_snapshot(index, term)  # entries after it may be acknowledged
+    assert n2.wants_snapshot(index, term + 1)  # a different history: install
+    assert not n2.wants_snapshot(index - 2, term)  # not newer than the commit
+    assert n2.wants_snapshot(index + 5, term)  # beyond our log

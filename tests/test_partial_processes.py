@@ -47,19 +47,30 @@ def _workload(conn: replidb.Connection) -> None:
     cur.execute("ALTER TABLE users ADD COLUMN nickname TEXT")  # not in the column list
 
 
-def test_a_partial_replica_holds_exactly_its_subset(tmp_path: Path) -> None:
+@pytest.mark.parametrize("catch_up", ["log", "snapshot"])
+def test_a_partial_replica_holds_exactly_its_subset(tmp_path: Path, catch_up: str) -> None:
+    """Live from the log; or started only after the leader compacted its log past it
+    (a 50-entry cap), by installing its filtered subset of the leader's snapshot."""
+    retention = ("--max-log-entries", "50") if catch_up == "snapshot" else ()
     cluster = LocalCluster(
         tmp_path,
         nodes=4,
-        extra=("--learners", "n4", "--row-images", "full"),
+        extra=("--learners", "n4", "--row-images", "full", *retention),
         node_extra={"n4": SUBSCRIBE},
     )
-    cluster.start_all()
+    for node in ("n1", "n2", "n3") if catch_up == "snapshot" else cluster.ids:
+        cluster.start(node)
     try:
         leader = cluster.wait_for_leader()
         conn = replidb.connect(cluster.addresses[leader], autocommit=True)
         _workload(conn)
         conn.close()
+        if catch_up == "snapshot":
+            deadline = time.monotonic() + 15
+            while (s := cluster.status(leader)) is None or s.first_index <= 64:
+                assert time.monotonic() < deadline, "the leader did not compact its log"
+                time.sleep(0.1)
+            cluster.start("n4")
         expected = cluster.query(
             leader,
             "SELECT id, name, region FROM users WHERE region = 'eu' AND id % 2 = 1 ORDER BY id",
@@ -84,6 +95,9 @@ def test_a_partial_replica_holds_exactly_its_subset(tmp_path: Path) -> None:
         status = cluster.status("n4")
         assert status is not None and status.role == "learner"
         assert "region = 'eu'" in status.subscription
+        if catch_up == "snapshot":
+            assert "filtered snapshot at" in cluster.log("n4")
+            assert "installed snapshot" in cluster.log("n4")
     finally:
         cluster.stop_all()
 

@@ -265,12 +265,20 @@ def test_create_snapshot_at_the_commit_index_rolls_back_the_rest_in_the_copy(
     leader.store.close()
 
 
-def test_a_partial_replica_refuses_snapshots(tmp_path: Path) -> None:
+def test_a_partial_replica_makes_no_snapshot_and_installs_only_a_real_one(
+    tmp_path: Path,
+) -> None:
+    """(What it installs: tests/test_partial_snapshots.py.)"""
     store = SQLiteStore(tmp_path / "p.db", subscription=["t"])
     with pytest.raises(InternalError, match="partial replica"):
         store.create_snapshot(tmp_path / "s")
-    with pytest.raises(InternalError, match="partial replica"):
+    with pytest.raises(InternalError, match=r"x\.snapshot is missing"):
         store.install_snapshot(tmp_path / "x.snapshot", 1, 1, 0)
+    other = SQLiteStore(tmp_path / "other.db")
+    other.close()
+    with pytest.raises(InternalError, match=r"other\.db holds position None/None"):
+        store.install_snapshot(tmp_path / "other.db", 5, 1, 0)
+    assert store.applied_index() == 0 and store.last_index() == 0  # nothing changed
     store.close()
 
 

@@ -98,7 +98,12 @@ def test_link_delivers_in_order_and_notices_a_closed_peer() -> None:
         link = PeerLink(
             "n1", "n2", f"127.0.0.1:{port}", on_change=lambda p, up: changes.append((p, up))
         )
+        link.send(wire.StatusRequest(99))  # queued while not connected: stale, dropped
         link.start()
+        for _ in range(250):
+            if link.connected:
+                break
+            await asyncio.sleep(0.02)
         for i in range(3):
             link.send(wire.StatusRequest(i))
         await asyncio.wait_for(first_connection.wait(), 5)

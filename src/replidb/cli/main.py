@@ -20,7 +20,7 @@ cli.add_command(cluster)
 
 
 def _add_optional_commands() -> None:
-    from replidb.cli.admin_cmd import transfer_leader_command
+    from replidb.cli.admin_cmd import join_command, remove_command, transfer_leader_command
     from replidb.cli.backup_cmd import backup_command, restore_command
     from replidb.cli.discarded_cmd import discarded
     from replidb.cli.explain_cmd import explain_replication
@@ -33,6 +33,8 @@ def _add_optional_commands() -> None:
         status,
         sim,
         transfer_leader_command,
+        join_command,
+        remove_command,
         discarded,
         explain_replication,
         backup_command,

@@ -219,6 +219,12 @@ def _check_subscription(
 @click.option("--peers", default="", help="The other nodes: ID=HOST:PORT,...")
 @click.option("--seed", type=int, default=None, help="Seed election timeouts (testing).")
 @click.option(
+    "--join",
+    is_flag=True,
+    help="Join a running cluster: --peers lists (some of) its members. The node starts "
+    "as a learner and waits until `replidb join` adds it.",
+)
+@click.option(
     "--subscribe",
     multiple=True,
     metavar="'TABLE[(COLS)] [WHERE PRED]'",
@@ -240,6 +246,7 @@ def serve(
     listen: str,
     peers: str,
     seed: int | None,
+    join: bool,
     subscribe: tuple[str, ...],
     debug_peer_delay_ms: int,
     topology: str,
@@ -263,6 +270,11 @@ def serve(
 
         replidb serve --node-id n1 --data ./n1 --listen 127.0.0.1:7101 \\
             --peers n2=127.0.0.1:7102,n3=127.0.0.1:7103
+
+    A fourth node, joining that cluster (then run `replidb join`):
+
+        replidb serve --node-id n4 --data ./n4 --listen 127.0.0.1:7104 \\
+            --peers n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103 --join
     """
     del topology  # one choice today; validated by click
     try:
@@ -272,6 +284,10 @@ def serve(
         raise click.BadParameter(str(exc)) from None
     if node_id in peer_map:
         raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
+    if join and not peer_map:
+        raise click.BadParameter("--join needs --peers: where the cluster is", param_hint="--join")
+    if join:
+        learners = ",".join([learners, node_id])
     learner_ids = _parse_learners(learners, [node_id, *peer_map])
     _check_policy(sync_policy, len(peer_map) + 1 - len(learner_ids))
     _check_subscription(subscribe, node_id, learner_ids, stream)

@@ -19,13 +19,21 @@ __all__ = ["sim"]
     help="Run this many consecutive seeds starting at --seed.",
 )
 @click.option("--verbose", is_flag=True, help="Print the whole trace.")
-def sim(seed: int | None, seeds: int, verbose: bool) -> None:
+@click.option(
+    "--membership",
+    is_flag=True,
+    help="Use the membership seed space: spare nodes are added, promoted and removed "
+    "while faults go on.",
+)
+def sim(seed: int | None, seeds: int, verbose: bool, membership: bool) -> None:
     """Run the real core against a simulated network, clock and disks.
 
     Example:
 
         replidb sim --seed 42 --verbose
+
+        replidb sim --seed 0 --seeds 200 --membership
     """
     from replidb.testing.sim import main_sim
 
-    sys.exit(main_sim(seed, seeds, verbose))
+    sys.exit(main_sim(seed, seeds, verbose, membership))

@@ -106,6 +106,8 @@ def cluster_status(
         "nodes": nodes,
         "leader": leader,
         "needs_snapshot": list(leader_status.needs_snapshot) if leader_status else [],
+        "voters": list(about.voters),
+        "learners": list(about.learners),
         "policy": about.policy,
         "stream": about.stream,
         "durability": about.durability,
@@ -146,6 +148,11 @@ def _render(report: dict[str, Any]) -> None:
     else:
         address = next((n["address"] for n in report["nodes"] if n["id"] == leader), "?")
         console.print(f"leader: {leader} ({address})")
+    if report.get("voters"):
+        console.print(
+            f"members: voters {','.join(report['voters'])}; "
+            f"learners {','.join(report['learners']) or 'none'}"
+        )
     console.print(f"commit policy: {report['policy']} — {report['durability']}")
     console.print(f"stream format: {report['stream']}")
     for n in report["nodes"]:

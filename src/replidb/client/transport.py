@@ -119,7 +119,9 @@ class Channel:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def call(
-        self, request: wire.Execute | wire.StatusRequest | wire.TransferLeader, deadline: float
+        self,
+        request: wire.Execute | wire.StatusRequest | wire.TransferLeader | wire.ChangeMembership,
+        deadline: float,
     ) -> wire.Message:
         """Send ``request``, return the reply with the same id, by ``deadline`` (monotonic)."""
         try:

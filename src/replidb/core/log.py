@@ -34,6 +34,12 @@ class LogReader(Protocol):
         reached (always at least one entry when ``lo <= hi``)."""
         ...
 
+    def configs(self) -> list[Entry]:
+        """The CONFIG entries held, in index order, starting with the one in force at
+        the compaction point (as an entry at that index) when the log was compacted or
+        replaced by a snapshot. Read once, when the replica starts."""
+        ...
+
 
 class LogView:
     def __init__(self, reader: LogReader) -> None:

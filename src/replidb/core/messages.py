@@ -37,6 +37,7 @@ class Role(enum.Enum):
 class EntryKind(enum.IntEnum):
     NOOP = 0  # appended by every new leader, so that it can commit earlier terms' entries
     WRITE = 1  # one client transaction, encoded by stream/
+    CONFIG = 2  # a membership change (core/membership.py); a no-op for the database
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):

@@ -24,9 +24,13 @@ Rules this module owns (and nothing else changes these fields):
   leader within the election timeout ignores vote requests for a higher term (the
   leader lease), unless the leader itself asked for the election (a transfer).
 - Learners (non-voting members, named in ``Config.learners``) receive the log and
-  apply it like any follower, but never campaign, never vote, and count for no
-  majority (commit, elections, check-quorum, semi-sync): read replicas, and later
-  partial followers, that can never become leader.
+  apply it like any follower, but never campaign, are never asked for a vote, and
+  count for no majority (commit, elections, check-quorum, semi-sync): read replicas
+  and partial followers, that can never become leader.
+- Membership changes (``core/membership.py`` has the rules): CONFIG entries in the
+  log, in force from the moment they are appended; one change at a time. Messages
+  from nodes outside our membership are still answered (a new member may lead before
+  we have seen the entry that added it); only members count for any majority.
 - Leadership transfer (§3.10): the leader stops taking writes, brings the target up
   to date, and sends it TimeoutNow; the target campaigns at once. A transfer that has
   not finished within an election timeout is abandoned.
@@ -58,6 +62,13 @@ import random
 from dataclasses import dataclass, field
 
 from replidb.core.log import LogReader, LogView
+from replidb.core.membership import (
+    ConfigHistory,
+    Membership,
+    MembershipBusy,
+    decode_membership,
+    encode_membership,
+)
 from replidb.core.messages import (
     Append,
     AppendReply,
@@ -99,6 +110,12 @@ class Config:
     check_quorum: bool = True
     learners: tuple[str, ...] = ()  # non-voting members (may include this node)
 
+    def bootstrap_membership(self) -> Membership:
+        """The membership before the log says otherwise (no CONFIG entry yet)."""
+        learners = set(self.learners)
+        members = {self.node_id, *self.peers}
+        return Membership(tuple(sorted(members - learners)), tuple(sorted(learners & members)))
+
 
 @dataclass(frozen=True)
 class Ready:
@@ -123,6 +140,10 @@ class _Progress:
     inflight_ticks: int = 0
     idle_ticks: int = 0  # leader ticks since this follower last answered
     snapshot: bool = False  # behind our compacted log: offered a snapshot instead
+    # Removed from the membership by the CONFIG entry at this index: it still gets the
+    # log until it holds that entry (so it learns it was removed and stops
+    # campaigning), but counts for nothing.
+    departed_at: int = 0
 
 
 class Replica:
@@ -136,27 +157,31 @@ class Replica:
     ) -> None:
         self.config = config
         self.id = config.node_id
-        self.peers = tuple(sorted(p for p in config.peers if p != config.node_id))
-        learners = set(config.learners)
-        self.voters = frozenset(n for n in (self.id, *self.peers) if n not in learners)
-        self.voter_peers = tuple(p for p in self.peers if p in self.voters)
-        self.is_learner = self.id not in self.voters
         self.log = LogView(log)
+        self._configs = ConfigHistory(0, config.bootstrap_membership())
+        for entry in log.configs():
+            self._configs.add(entry.index, decode_membership(entry.data))
+        self._progress: dict[str, _Progress] = {}
+        self.transferee: str | None = None  # leader: handing leadership to this node
+        self.peers: tuple[str, ...] = ()  # every other member (set by _use_membership)
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.role = Role.FOLLOWER
+        self._use_membership()
         self.leader: str | None = None
         self.applied_index = applied_index
         # Not durable: a restarted ex-leader may have applied entries that never
-        # committed, so we relearn the commit index from the next leader.
-        self.commit_index = 0
+        # committed, so we relearn the commit index from the next leader. Only what was
+        # compacted is known committed. (From 0, a restarted leader whose follower
+        # needed a snapshot could offer none below its compaction point, and the
+        # follower could not help it commit: sim --membership seed 125.)
+        self.commit_index = self.log.first_index - 1
         # The highest commit index a leader has announced: how far behind we are.
         self.leader_commit = 0
         self._rng = rng
         self._elapsed = 0
         self._timeout = self._random_timeout()
         self._votes: set[str] = set()
-        self._progress: dict[str, _Progress] = {}
         self._messages: list[tuple[str, PeerMessage]] = []
         self._events: list[RoleChanged] = []
         self._hard_dirty = False
@@ -164,7 +189,6 @@ class Replica:
         # from that and rejected every later assignment (mypy --strict failed).
         self._reported: tuple[Role, int, str | None] = (self.role, self.term, self.leader)
         self._acked = 0
-        self.transferee: str | None = None  # leader: handing leadership to this node
         self._transfer_elapsed = 0
         self._snapshot_from: str | None = None  # follower: fetch a snapshot from here
 
@@ -205,8 +229,8 @@ class Replica:
             self._broadcast(heartbeat=True)
 
     def step(self, msg: PeerMessage) -> None:
-        if msg.sender == self.id or (msg.sender not in self.peers):
-            return  # not a voter of this cluster: ignore rather than trust
+        if msg.sender == self.id:
+            return
         if msg.term > self.term:
             if isinstance(msg, VoteRequest):
                 if not msg.transfer and self._in_lease():
@@ -279,22 +303,67 @@ class Replica:
         self.log.append_durable(entry)
         self.applied_index = entry.index
         self._maybe_commit()
-        for peer in self.peers:
-            if not self._progress[peer].inflight:
-                self._send_append(peer)
+        self._send_to_idle()
         return entry
 
-    def restore_snapshot(self, index: int, term: int) -> None:
-        """The caller installed a snapshot at ``index`` (term ``term``): its log now
-        starts after it and its state machine is at it. Acknowledge it to the leader."""
+    def restore_snapshot(self, index: int, term: int, membership: Membership) -> None:
+        """The caller installed a snapshot at ``index`` (term ``term``, ``membership``
+        in force there): its log now starts after it and its state machine is at it.
+        Acknowledge it to the leader."""
         self.log.restore(index)
         assert self.log.term(index) == term, "the caller's log does not start at the snapshot"
+        self._configs.reset(index, membership)
+        self._use_membership()
         self.commit_index = max(self.commit_index, index)
         self.leader_commit = max(self.leader_commit, index)
         self.applied_index = index
         if self.role is Role.FOLLOWER and self.leader is not None:
             self._reply_append(self.leader, True, index)
         self._snapshot_from = None
+
+    def propose_membership(self, new: Membership) -> Entry:
+        """Leader: append a CONFIG entry changing the membership to ``new`` (one step;
+        ValueError says why not). In force at once; the caller waits for its commit."""
+        if self.role is not Role.LEADER or self.transferee is not None:
+            raise NotLeaderError(None if self.role is Role.LEADER else self.leader)
+        if self._configs.latest_index > self.commit_index:
+            raise MembershipBusy("another membership change is still being committed")
+        if self.log.term(self.commit_index) != self.term:
+            raise MembershipBusy("the new leader has not committed an entry yet")
+        self.membership.describe_change(new)
+        promoted = set(new.voters) - set(self.membership.voters)
+        for node in promoted:
+            match = self._progress[node].match
+            if match < self.commit_index:
+                raise MembershipBusy(
+                    f"{node} is not caught up yet (it holds {match} of {self.commit_index})"
+                )
+        entry = Entry(self.term, self.log.last_index + 1, EntryKind.CONFIG, encode_membership(new))
+        self._append([entry])
+        self._send_to_idle()
+        return entry
+
+    def wants_snapshot(self, index: int, term: int) -> bool:
+        """Should the caller install a snapshot it fetched at ``index`` (``term``)? Not
+        if it is not newer than what we know committed, nor if our log already holds
+        that entry: the entries after it may be ones we acknowledged to a newer leader
+        while the fetch ran, and dropping them could lose a committed write (Raft §7:
+        keep the log that follows a matching snapshot point)."""
+        if index <= self.commit_index:
+            return False
+        return not (
+            self.log.first_index - 1 <= index <= self.log.last_index
+            and self.log.term(index) == term
+        )
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership in force at ``index`` (for a snapshot taken there)."""
+        return self._configs.at(index)
+
+    @property
+    def membership_index(self) -> int:
+        """Index of the CONFIG entry the current membership comes from (0: bootstrap)."""
+        return self._configs.latest_index
 
     # ---- queries --------------------------------------------------------------
 
@@ -303,6 +372,9 @@ class Replica:
         return (
             self.role is Role.LEADER
             and self.transferee is None
+            # A leader removing itself takes no more writes: they would follow the
+            # change in its log, and it hands over once the change commits.
+            and self.id in self.voters
             and not self.log.unstable
             and self.log.truncate_from is None
             and self.applied_index == self.log.last_index
@@ -374,6 +446,52 @@ class Replica:
         if self.role is Role.LEADER:
             self._maybe_commit()  # our own durable index may have moved
 
+    # ---- membership -------------------------------------------------------------
+
+    def _append(self, entries: list[Entry]) -> None:
+        """Append to the log, bringing CONFIG entries into force (and dropping those
+        the append truncates, so the membership before them applies again)."""
+        if not entries:
+            return
+        changed = self._configs.truncate(entries[0].index)
+        for entry in entries:
+            if entry.kind == EntryKind.CONFIG:
+                self._configs.add(entry.index, decode_membership(entry.data))
+                changed = True
+        self.log.append(entries)
+        if changed:
+            self._use_membership()
+
+    def _use_membership(self) -> None:
+        membership = self._configs.latest
+        self.membership = membership
+        before = set(self.peers)
+        self.peers = tuple(n for n in membership.members if n != self.id)
+        self.voters = frozenset(membership.voters)
+        self.voter_peers = tuple(p for p in self.peers if p in self.voters)
+        self.is_learner = self.id not in self.voters  # (or not a member at all)
+        self.is_member = self.id in membership.members
+        if self.role is Role.LEADER:
+            for peer in self.peers:
+                if peer not in before or peer not in self._progress:
+                    # Fresh, even for a node removed and added back: it may have been
+                    # wiped meanwhile, and an old match would never be lowered.
+                    self._progress[peer] = _Progress(match=0, next=self.log.last_index + 1)
+            for peer, progress in self._progress.items():
+                if peer not in self.peers and not progress.departed_at:
+                    progress.departed_at = self._configs.latest_index
+        if self.transferee is not None and self.transferee not in self.voter_peers:
+            self.transferee = None
+
+    def _step_down_if_removed(self) -> None:
+        """A leader whose removal (as a voter) has committed hands over and steps down."""
+        if self.id in self.voters or self._configs.latest_index > self.commit_index:
+            return
+        best = max(self.voter_peers, key=lambda p: self._progress[p].match, default=None)
+        if best is not None and self._progress[best].match == self.log.last_index:
+            self._messages.append((best, TimeoutNow(self.term, self.id)))
+        self._become_follower(self.term, None)
+
     # ---- roles ----------------------------------------------------------------
 
     def _random_timeout(self) -> int:
@@ -435,7 +553,7 @@ class Replica:
         last = self.log.last_index
         self._progress = {peer: _Progress(match=0, next=last + 1) for peer in self.peers}
         # Entries of earlier terms commit only once an entry of ours does (Raft §5.4.2).
-        self.log.append([Entry(self.term, last + 1, EntryKind.NOOP)])
+        self._append([Entry(self.term, last + 1, EntryKind.NOOP)])
         self._broadcast(heartbeat=False)
 
     def _has_quorum(self, nodes: set[str]) -> bool:
@@ -446,18 +564,15 @@ class Replica:
 
     def _on_vote_request(self, msg: VoteRequest) -> None:
         up_to_date = (msg.last_term, msg.last_index) >= (self.log.last_term, self.log.last_index)
-        # One vote per term; none for a term in which we already follow a leader; none
-        # ever from a learner.
-        free = not self.is_learner and (
-            self.vote == msg.sender or (self.vote is None and self.leader is None)
-        )
+        # One vote per term; none for a term in which we already follow a leader. A
+        # node answers whatever its own membership says: a candidate asks only the
+        # voters of its membership, which may be newer than ours (a promotion we have
+        # not received) — refusing there deadlocked elections (sim --membership seed
+        # 10). Safety rests on one durable vote per term and the up-to-date check.
+        free = self.vote == msg.sender or (self.vote is None and self.leader is None)
         if msg.pre_vote:
             # Only a question: grant for a future term, never change our own state.
-            granted = (
-                not self.is_learner
-                and up_to_date
-                and (msg.term > self.term or (msg.term == self.term and free))
-            )
+            granted = up_to_date and (msg.term > self.term or (msg.term == self.term and free))
             reply_term = msg.term if granted else self.term
             self._messages.append((msg.sender, VoteReply(reply_term, self.id, granted, True)))
             return
@@ -528,7 +643,7 @@ class Replica:
                 )
             if new[0].index <= self.applied_index:
                 self.applied_index = new[0].index - 1  # caller rolls these back
-            self.log.append(new)
+            self._append(new)
         last_new = msg.prev_index + len(msg.entries)
         self._commit_to(msg.commit, last_new)
         self._reply_append(msg.sender, True, last_new)
@@ -572,7 +687,9 @@ class Replica:
     def _on_append_reply(self, msg: AppendReply) -> None:
         if self.role is not Role.LEADER or msg.term != self.term:
             return
-        progress = self._progress[msg.sender]
+        progress = self._progress.get(msg.sender)
+        if progress is None:
+            return  # not (or no longer) a member
         progress.idle_ticks = 0
         if progress.snapshot:
             base = self.log.first_index - 1
@@ -585,6 +702,8 @@ class Replica:
             if msg.index > progress.match:
                 progress.match = msg.index
                 self._maybe_commit()
+                if self.role is not Role.LEADER:
+                    return  # that committed our own removal: we stepped down
             progress.next = max(progress.next, progress.match + 1)
             # Only a reply covering everything sent ends the batch in flight. A reply to a
             # heartbeat (or a duplicate) must not: each one used to start one more
@@ -592,6 +711,13 @@ class Replica:
             # test_core.py::test_a_heartbeat_reply_does_not_start_a_second_batch).
             if msg.index >= progress.next - 1:
                 progress.inflight = False
+        elif msg.index < progress.match:
+            # A stale refusal, sent before the follower got what it later confirmed
+            # (answers to a pile of snapshot offers, arriving after the install's
+            # success). Each one used to start another batch: 30 in flight to one
+            # follower on sim seed 68 while membership runs were built. A fresh refusal
+            # that hints below the match is recovered by the in-flight timeout.
+            return
         else:
             progress.inflight = False
             progress.next = max(progress.match + 1, min(progress.next - 1, msg.index + 1))
@@ -601,10 +727,12 @@ class Replica:
                 self._send_append(msg.sender)
         if msg.sender == self.transferee:
             self._advance_transfer()
+        if progress.departed_at and progress.match >= progress.departed_at:
+            del self._progress[msg.sender]  # it has learned it was removed
 
     def _broadcast(self, heartbeat: bool) -> None:
         base = self.log.first_index - 1
-        for peer in self.peers:
+        for peer in sorted(self._progress):
             progress = self._progress[peer]
             if progress.snapshot or progress.next - 1 < base:
                 # The offer is its heartbeat: it answers, and stays counted.
@@ -630,6 +758,11 @@ class Replica:
                         ),
                     )
                 )
+
+    def _send_to_idle(self) -> None:
+        for peer in sorted(self._progress):
+            if not self._progress[peer].inflight:
+                self._send_append(peer)
 
     def _send_append(self, peer: str) -> None:
         progress = self._progress[peer]
@@ -660,18 +793,18 @@ class Replica:
         self._messages.append((peer, offer))
 
     def _maybe_commit(self) -> None:
-        matches = sorted(
-            [self.log.stable_last, *(self._progress[p].match for p in self.voter_peers)]
-        )
+        matches = [self._progress[p].match for p in self.voter_peers]
+        if self.id in self.voters:  # (a leader removing itself no longer counts)
+            matches.append(self.log.stable_last)
+        matches.sort()
         quorum = len(self.voters) // 2 + 1
         candidate = matches[len(matches) - quorum]
         if candidate > self.commit_index and self.log.term(candidate) == self.term:
             self.commit_index = candidate
             # Tell followers now rather than at the next heartbeat, so reads there
             # see the write within one round trip.
-            for peer in self.peers:
-                if not self._progress[peer].inflight:
-                    self._send_append(peer)
+            self._send_to_idle()
+            self._step_down_if_removed()
 
     def _apply_bound(self) -> int:
         if self.role is Role.LEADER:

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from replidb.core import (
     VoteReply,
     VoteRequest,
 )
+from replidb.core.membership import Membership, MembershipBusy, decode_membership
 from replidb.core.messages import SnapshotOffer, TimeoutNow
 from replidb.core.policy import guarantee, parse_policy
 from replidb.errors import (
@@ -65,7 +67,9 @@ class NodeConfig:
     node_id: str
     data_dir: Path
     listen: str
-    peers: dict[str, str]  # id -> address of every other voter
+    # id -> address of the other members at bootstrap; once the log holds a membership
+    # change (replidb join/remove), the log's membership and addresses win.
+    peers: dict[str, str]
     tick_ms: int = 50
     heartbeat_ms: int = 100
     election_timeout_ms: int = 1000
@@ -84,10 +88,6 @@ class NodeConfig:
     max_log_bytes: int = 1 << 30
     snapshot_chunk_bytes: int = 1 << 20
     debug_peer_delay_ms: int = 0  # fault injection: hold every peer message this long
-
-    @property
-    def voters(self) -> int:
-        return sum(1 for n in (self.node_id, *self.peers) if n not in self.learners)
 
     def core_config(self) -> Config:
         return Config(
@@ -138,10 +138,11 @@ class Node:
             self.store.applied_index(),
             random.Random(seed),
         )
-        self.links = {
-            peer: PeerLink(self.id, peer, address, on_change=self._on_link_change)
-            for peer, address in sorted(config.peers.items())
-        }
+        self.links: dict[str, PeerLink] = {}
+        self._heard: dict[str, str] = {}  # addresses peers announced in their Hello
+        self._membership: Membership | None = None  # the one the links were made for
+        self._running = False
+        self._sync_links()
         self.acks = AckTracker(
             config.policy, config.on_sync_timeout, config.sync_timeout_ms / 1000, log
         )
@@ -158,13 +159,68 @@ class Node:
 
     @property
     def durability(self) -> str:
-        return str(guarantee(self.config.policy, self.config.voters))
+        return str(guarantee(self.config.policy, len(self.replica.voters)))
+
+    # ---- membership and peer links ---------------------------------------------
+
+    def _address_of(self, node: str | None) -> str | None:
+        if node is None:
+            return None
+        if node == self.id:
+            return self.config.listen
+        return (
+            self.replica.membership.address(node)
+            or self.config.peers.get(node)
+            or self._heard.get(node)
+        )
+
+    def _link(self, node: str) -> PeerLink | None:
+        """The link to ``node``, made on first use if we know where it listens (a node
+        outside our membership may still need an answer: a leader we have not yet seen
+        added, a candidate, a member being removed)."""
+        link = self.links.get(node)
+        if link is None:
+            address = self._address_of(node)
+            if address is None:
+                return None
+            link = PeerLink(
+                self.id,
+                node,
+                address,
+                on_change=self._on_link_change,
+                own_address=self.config.listen,
+            )
+            self.links[node] = link
+            if self._running:
+                link.start()
+        return link
+
+    def _sync_links(self) -> None:
+        """Links to every member of the membership in force; none to former members."""
+        membership = self.replica.membership
+        if membership is self._membership:
+            return
+        if self._membership is not None:
+            log.info(
+                "membership: voters %s; learners %s%s",
+                ",".join(membership.voters),
+                ",".join(membership.learners) or "none",
+                "" if self.replica.is_member else " (this node is no longer a member)",
+            )
+        self._membership = membership
+        for node in self.replica.peers:
+            self._link(node)
+        for node in [n for n in self.links if n not in membership.members]:
+            link = self.links.pop(node)
+            if self._running:
+                self._spawn(link.stop())
 
     # ---- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         host, port = split_address(self.config.listen)
         self._server = await asyncio.start_server(self._on_connection, host, port)
+        self._running = True
         for link in self.links.values():
             link.start()
         self._spawn(self._ticker())
@@ -174,7 +230,7 @@ class Node:
             "started: listening on %s, peers %s, log at index %d (term %d), applied %d, "
             "commit policy %s (%s), stream %s%s",
             self.config.listen,
-            ",".join(f"{p}={a}" for p, a in sorted(self.config.peers.items())) or "none",
+            ",".join(f"{p}={self._address_of(p)}" for p in self.replica.peers) or "none",
             self.store.last_index(),
             hard.term,
             self.store.applied_index(),
@@ -239,7 +295,9 @@ class Node:
                         )
                     self.store.persist(ready.hard_state, ready.truncate_from, ready.entries)
                 for to, message in ready.messages:
-                    self.links[to].send(message)
+                    link = self._link(to)
+                    if link is not None:
+                        link.send(message)
                 if ready.committed:
                     self.store.apply(ready.committed)
                     self._catch_up.applied(ready.committed[-1].index, replica.leader_commit)
@@ -251,6 +309,7 @@ class Node:
                 if ready.snapshot_from is not None:
                     self._fetch_snapshot(ready.snapshot_from)
                 replica.advance(ready)
+                self._sync_links()
             self.acks.check(replica, time.monotonic())
         except Exception as exc:  # storage failed or diverged: stop rather than serve wrong data
             self._fatal(exc)
@@ -285,7 +344,7 @@ class Node:
     def _fetch_snapshot(self, leader: str) -> None:
         if self._fetching is not None and not self._fetching.done():
             return  # one transfer at a time; the leader keeps offering
-        address = self.config.peers.get(leader)
+        address = self._address_of(leader)
         if address is None:
             return
         self._fetching = asyncio.get_running_loop().create_task(self._install_from(address))
@@ -297,17 +356,19 @@ class Node:
             log.warning("snapshot transfer from %s failed: %s (will retry)", address, exc)
             return
         replica = self.replica
-        if info.index <= replica.commit_index:
+        if not replica.wants_snapshot(info.index, info.term):
             log.info(
-                "snapshot at %d is no newer than our commit %d: not installed",
+                "snapshot at %d not installed: our commit (%d) or our log (to %d) already holds it",
                 info.index,
                 replica.commit_index,
+                replica.last_index,
             )
             return
         await self._snapshot_source.settle()  # a snapshot being made reads the file
         try:
+            membership = bytes.fromhex(info.membership)
             discarded = self.store.install_snapshot(
-                info.path, info.index, info.term, replica.commit_index
+                info.path, info.index, info.term, replica.commit_index, membership
             )
         except Unavailable as exc:  # a reader holds the file: the next offer retries
             log.warning("cannot install snapshot at %d yet: %s", info.index, exc)
@@ -315,7 +376,11 @@ class Node:
         except Exception as exc:
             self._fatal(exc)
             return
-        replica.restore_snapshot(info.index, info.term)
+        replica.restore_snapshot(
+            info.index,
+            info.term,
+            decode_membership(membership) if membership else replica.membership_at(info.index),
+        )
         log.info(
             "installed snapshot at index %d (term %d)%s",
             info.index,
@@ -354,7 +419,7 @@ class Node:
             if first is None:
                 return
             if isinstance(first, wire.Hello):
-                await self._peer_loop(first.node_id, reader)
+                await self._peer_loop(first, reader)
             else:
                 await self._client_loop(first, reader, writer)
         except ProtocolError as exc:
@@ -366,9 +431,15 @@ class Node:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _peer_loop(self, peer: str, reader: asyncio.StreamReader) -> None:
-        if peer not in self.links:
-            raise ProtocolError(f"hello from {peer!r}, which is not a member of this cluster")
+    async def _peer_loop(self, hello: wire.Hello, reader: asyncio.StreamReader) -> None:
+        # Any node may talk to us: one we do not know yet may be a member added by a
+        # membership change we have not received. Only members count for anything
+        # (the core decides); the address lets us answer it.
+        peer = hello.node_id
+        if peer == self.id:
+            raise ProtocolError(f"a peer introduced itself with our own id {peer!r}")
+        if hello.address:
+            self._heard[peer] = hello.address
         loop = asyncio.get_running_loop()
         delay = self.config.debug_peer_delay_ms / 1000
         while (message := await read_message(reader, self.config.max_frame)) is not None:
@@ -401,28 +472,92 @@ class Node:
         message: wire.Message | None = first
         while message is not None:
             if isinstance(message, wire.Execute):
-                self._spawn(self._answer(message, writer))
+                self._spawn(self._answer_with(self.execute(message), writer))
             elif isinstance(message, wire.StatusRequest):
                 writer.write(frame(wire.StatusReply(message.id, self.status())))
             elif isinstance(message, wire.TransferLeader):
-                self._spawn(self._answer_transfer(message, writer))
+                self._spawn(self._answer_with(self.transfer_leadership(message), writer))
+            elif isinstance(message, wire.ChangeMembership):
+                self._spawn(self._answer_with(self.change_membership(message), writer))
             elif isinstance(message, wire.SnapshotFetch):
                 await answer_fetch(self._snapshot_source, message, writer)
             else:
                 raise ProtocolError(f"a client sent {type(message).__name__}")
             message = await read_message(reader, self.config.max_frame)
 
-    async def _answer(self, request: wire.Execute, writer: asyncio.StreamWriter) -> None:
-        reply = await self.execute(request)
+    @staticmethod
+    async def _answer_with(reply: Awaitable[wire.Message], writer: asyncio.StreamWriter) -> None:
+        """Send ``reply`` once it is ready, unless the client has gone meanwhile."""
+        message = await reply
         if not writer.is_closing():
-            writer.write(frame(reply))
+            writer.write(frame(message))
 
-    async def _answer_transfer(
-        self, request: wire.TransferLeader, writer: asyncio.StreamWriter
-    ) -> None:
-        reply = await self.transfer_leadership(request)
-        if not writer.is_closing():
-            writer.write(frame(reply))
+    async def change_membership(self, request: wire.ChangeMembership) -> wire.MembershipReply:
+        """One membership change (core/membership.py), answered once it is committed.
+        Asking again for a change already made answers at once: join and remove can be
+        retried after any failure."""
+        replica = self.replica
+
+        def refuse(kind: str, text: str) -> wire.MembershipReply:
+            return wire.MembershipReply(
+                request.id,
+                error_kind=kind,
+                error=text,
+                leader_address=self._address_of(replica.leader),
+            )
+
+        if replica.role is not Role.LEADER:
+            return refuse(NotLeader.kind, f"{self.id} is not the leader")
+        current = replica.membership
+        op, node = request.op, request.node
+        done = (
+            (op == "add-learner" and node in current.members)
+            or (op == "promote" and node in current.voters)
+            or (op == "remove" and node not in current.members)
+        )
+        if done:
+            index = replica.membership_index
+            if index > replica.commit_index:
+                return refuse(Unavailable.kind, "the change is still being committed; retry")
+            return wire.MembershipReply(
+                request.id, list(current.voters), list(current.learners), index
+            )
+        try:
+            if op == "add-learner":
+                if not request.address:
+                    raise ValueError(f"{node} needs an address (HOST:PORT) to be added")
+                split_address(request.address)
+                new = current.with_learner(node, request.address)
+            elif op == "promote":
+                new = current.promoted(node)
+            elif op == "remove":
+                new = current.without(node)
+            else:
+                raise ValueError(f"unknown membership change {op!r}: add-learner, promote, remove")
+            entry = replica.propose_membership(new)
+        except MembershipBusy as exc:
+            return refuse(Unavailable.kind, f"{exc}; retry shortly")
+        except ValueError as exc:
+            return refuse(BadRequest.kind, str(exc))
+        log.info(
+            "membership change proposed at index %d: %s", entry.index, current.describe_change(new)
+        )
+        self._drive()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        while loop.time() < deadline:
+            if replica.commit_index >= entry.index:
+                if replica.log.term(entry.index) in (entry.term, 0):  # (0: compacted)
+                    return wire.MembershipReply(
+                        request.id, list(new.voters), list(new.learners), entry.index
+                    )
+                break  # a new leader replaced it: it did not happen
+            await asyncio.sleep(self.config.tick_ms / 1000)
+        return refuse(
+            OutcomeUnknown.kind,
+            f"the change at index {entry.index} did not commit in time; "
+            "ask again to learn whether it took effect",
+        )
 
     async def transfer_leadership(self, request: wire.TransferLeader) -> wire.TransferReply:
         """Planned switchover: the core stops taking writes, catches the target up and
@@ -435,7 +570,7 @@ class Node:
                 leader,
                 NotLeader.kind,
                 f"{self.id} is not the leader",
-                self.config.peers.get(leader or ""),
+                self._address_of(leader),
             )
         if request.target == self.id:
             return wire.TransferReply(request.id, self.id)
@@ -471,6 +606,9 @@ class Node:
     async def execute(self, request: wire.Execute, allow_forward: bool = True) -> wire.ExecuteReply:
         """Serve reads here; send writes to the leader (or run them, if we lead)."""
         try:
+            if not self.replica.is_member:
+                # Its data only gets staler: send the client to the members.
+                raise Unavailable(f"{self.id} was removed from the cluster; use another node")
             level = request.consistency or "any"
             if level.startswith(("bounded", "linearizable")):
                 raise BadRequest(
@@ -535,8 +673,9 @@ class Node:
             leader = self.replica.leader
             if leader is not None and leader != self.id:
                 if not allow_forward:
-                    raise NotLeader(f"{self.id} is not the leader", self.config.peers.get(leader))
-                if self.links[leader].connected:
+                    raise NotLeader(f"{self.id} is not the leader", self._address_of(leader))
+                link = self._link(leader)
+                if link is not None and link.connected:
                     return await self._forward(request, leader, deadline)
             # No leader, or one we cannot reach (it may have died: an election is
             # coming). Waiting here answers the client one round trip after the new
@@ -616,20 +755,24 @@ class Node:
     def status(self) -> wire.NodeStatus:
         replica = self.replica
         leader = replica.leader
-        leader_address = (
-            self.config.listen if leader == self.id else self.config.peers.get(leader or "")
-        )
+        leader_address = self._address_of(leader)
         return wire.NodeStatus(
             id=self.id,
             address=self.config.listen,
-            role="learner" if replica.is_learner else replica.role.value,
+            role=(
+                "removed"
+                if not replica.is_member
+                else "learner"
+                if replica.is_learner and replica.role is not Role.LEADER
+                else replica.role.value
+            ),
             term=replica.term,
             leader=leader,
             leader_address=leader_address,
             last_index=replica.last_index,
             commit_index=replica.commit_index,
             applied_index=replica.applied_index,
-            peers=dict(sorted(self.config.peers.items())),
+            peers={p: self._address_of(p) or "" for p in replica.peers},
             policy=str(self.config.policy),
             stream=self.config.stream,
             subscription="; ".join(self.config.subscribe),
@@ -642,7 +785,10 @@ class Node:
             discarded=self.store.discarded_count(),
             uptime_s=round(time.monotonic() - self._started, 3),
             peers_connected=sorted(p for p, link in self.links.items() if link.connected),
-            match_index={p: replica.match_index(p) for p in sorted(self.links)}
+            match_index={p: replica.match_index(p) for p in replica.peers}
             if replica.role is Role.LEADER
             else {},
+            voters=list(replica.membership.voters),
+            learners=list(replica.membership.learners),
+            member=replica.is_member,
         )

@@ -156,6 +156,7 @@ class SnapshotSource:
             offset=offset,
             data=data,
             crc32=zlib.crc32(data),
+            membership=info.membership,
         )
 
     def _usable(self, info: SnapshotInfo | None) -> SnapshotInfo | None:
@@ -239,6 +240,7 @@ class _Target:
     total: int
     sha256: str
     offset: int = 0  # bytes written and fsynced
+    membership: str = ""  # hex, as in SnapshotInfo
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -248,6 +250,7 @@ class _Target:
             "total": self.total,
             "sha256": self.sha256,
             "offset": self.offset,
+            "membership": self.membership,
         }
 
 
@@ -367,6 +370,7 @@ class SnapshotFetcher:
                         message.term,
                         message.total,
                         message.sha256,
+                        membership=message.membership,
                     )
                     os.ftruncate(fd, 0)
                     if previous is not None:
@@ -443,7 +447,13 @@ class SnapshotFetcher:
             )
         path, sidecar = snapshot_files.snapshot_paths(self.directory, target.snapshot_id)
         info = SnapshotInfo(
-            target.snapshot_id, path, target.index, target.term, target.total, sha256
+            target.snapshot_id,
+            path,
+            target.index,
+            target.term,
+            target.total,
+            sha256,
+            target.membership,
         )
         snapshot_files.write_json(sidecar, info.describe())
         os.replace(self._partial, path)

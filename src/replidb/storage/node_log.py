@@ -6,6 +6,9 @@ Compaction deletes a prefix of the log once it is applied, so the log cannot gro
 without bound; ``snapshot_index``/``snapshot_term`` in ``replidb_meta`` remember the
 last entry deleted, because the core still asks for its term (the consistency check of
 the next append) and the log's end must stay known when nothing is left in it.
+``membership`` there is the cluster membership in force at that point (the newest
+CONFIG entry compacted away, or the one a snapshot brought), so that membership
+survives compaction and installs.
 
 A store mixes ``NodeLogTables`` in and points ``_log_db`` at the connection that holds
 these tables (the one data file for logical/statement/mixed, node.db for wal).
@@ -17,7 +20,7 @@ from typing import Any
 
 import apsw
 
-from replidb.core.messages import Entry, HardState
+from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import InternalError
 
 __all__ = ["LOG_SCHEMA", "NodeLogTables"]
@@ -26,6 +29,7 @@ LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS replidb_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS replidb_log(
     idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS replidb_log_configs ON replidb_log(idx) WHERE kind = 2;
 CREATE TABLE IF NOT EXISTS replidb_discarded(
     id INTEGER PRIMARY KEY, term INTEGER NOT NULL, idx INTEGER NOT NULL,
     changes TEXT NOT NULL, record BLOB NOT NULL, discarded_at TEXT NOT NULL,
@@ -75,6 +79,34 @@ class NodeLogTables:
             size += len(data)
         return out
 
+    def configs(self) -> list[Entry]:
+        """The membership at the compaction point (as an entry there), then every CONFIG
+        entry in the log. A scan of the log: called once, when the node starts."""
+        out: list[Entry] = []
+        base = self._meta("membership")
+        if base:
+            index, term = self.snapshot_position()
+            out.append(Entry(term, index, EntryKind.CONFIG, bytes(base)))
+        out.extend(
+            Entry(term, idx, kind, data)
+            for idx, term, kind, data in self._log_db.execute(
+                # (the literal 2 = EntryKind.CONFIG lets SQLite use the partial index)
+                "SELECT idx, term, kind, data FROM replidb_log WHERE kind = 2 ORDER BY idx"
+            )
+        )
+        return out
+
+    def membership_at(self, index: int) -> bytes:
+        """The encoded membership in force at ``index`` (b"" if the cluster never
+        changed its membership: the command line's still holds)."""
+        row = self._log_db.execute(
+            "SELECT data FROM replidb_log WHERE kind = 2 AND idx <= ? ORDER BY idx DESC LIMIT 1",
+            (index,),
+        ).fetchone()
+        if row:
+            return bytes(row[0])
+        return bytes(self._meta("membership") or b"")
+
     # ---- durable node state ----------------------------------------------------
 
     def _meta(self, key: str, default: Any = None) -> Any:
@@ -122,9 +154,12 @@ class NodeLogTables:
         if up_to < first:
             return 0
         term = self.term(up_to)
+        membership = self.membership_at(up_to)
         db = self._log_db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if membership:
+                self._set_meta("membership", membership)
             db.execute("DELETE FROM replidb_log WHERE idx BETWEEN ? AND ?", (first, up_to))
             deleted = db.changes()
             db.execute("DELETE FROM replidb_undo WHERE idx <= ?", (up_to,))

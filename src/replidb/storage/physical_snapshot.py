@@ -105,6 +105,7 @@ class _State:
     index: int  # the snapshot point
     term: int
     undo: _Pages | None  # the state before entry index+1, over the pages it differs in
+    membership: bytes = b""  # in force at index (core/membership.py)
 
 
 class _Moving(Exception):
@@ -139,7 +140,7 @@ def create_snapshot(
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        return _publish(raw, directory, state.index, state.term)
+        return _publish(raw, directory, state.index, state.term, state.membership)
     except OSError as exc:
         raise InternalError(f"cannot write a snapshot in {directory}: {exc}") from None
     finally:
@@ -196,12 +197,22 @@ def _read_state(uri: str, committed_index: int | None) -> _State:
         else:
             raise InternalError(f"cannot make a snapshot at {point}: its entry is not logged")
         undo = _undo(conn, point, applied)
+        row = conn.execute(
+            "SELECT data FROM replidb_log WHERE kind = 2 AND idx <= ? ORDER BY idx DESC LIMIT 1",
+            (point,),
+        ).fetchone()
+        base_membership = meta.get("membership")
+        membership = (
+            bytes(row[0])
+            if row
+            else (base_membership if isinstance(base_membership, bytes) else b"")
+        )
         conn.execute("COMMIT")
     except apsw.Error as exc:
         raise InternalError(f"cannot read the node state for a snapshot: {exc}") from None
     finally:
         conn.close()
-    return _State(applied, position, point, term, undo)
+    return _State(applied, position, point, term, undo, membership)
 
 
 def _undo(conn: apsw.Connection, point: int, applied: int) -> _Pages | None:
@@ -289,12 +300,12 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _publish(raw: Path, directory: Path, index: int, term: int) -> SnapshotInfo:
+def _publish(raw: Path, directory: Path, index: int, term: int, membership: bytes) -> SnapshotInfo:
     snapshot_id = f"{index}-{term}-{secrets.token_hex(4)}"
     path, sidecar = snapshot_files.snapshot_paths(directory, snapshot_id)
     size = raw.stat().st_size
     sha256 = snapshot_files.file_sha256(raw)
-    info = SnapshotInfo(snapshot_id, path, index, term, size, sha256)
+    info = SnapshotInfo(snapshot_id, path, index, term, size, sha256, membership.hex())
     snapshot_files.write_json(sidecar, info.describe())
     os.replace(raw, path)
     snapshot_files.fsync_directory(directory)
@@ -354,7 +365,12 @@ def _version_text(number: int) -> str:
 
 
 def install_snapshot(
-    store: PhysicalStore, path: Path, index: int, term: int, committed_index: int
+    store: PhysicalStore,
+    path: Path,
+    index: int,
+    term: int,
+    committed_index: int,
+    membership: bytes = b"",
 ) -> int:
     """See PhysicalStore.install_snapshot; returns how many writes it described."""
     applied = store.applied_index()
@@ -378,7 +394,7 @@ def install_snapshot(
     lost = _lost(store, index, term, committed_index)
     with store._file_lock:
         try:
-            _mark(store, f"{index} {term} {prepared.stat().st_size}", lost)
+            _mark(store, f"{index} {term} {prepared.stat().st_size}", lost, membership)
         except BaseException:
             # Once the marker is in, the prepared file is the install: keep it.
             with contextlib.suppress(Exception):
@@ -427,11 +443,16 @@ def _page_numbers(data: object) -> list[int]:
         return []  # still kept: the record itself goes into replidb_discarded
 
 
-def _mark(store: PhysicalStore, marker: str, lost: list[tuple[object, ...]]) -> None:
+def _mark(
+    store: PhysicalStore, marker: str, lost: list[tuple[object, ...]], membership: bytes
+) -> None:
     """The point of no return: from here the install rolls forward, even after a crash.
-    ``marker``: the snapshot's index, term and size."""
+    ``marker``: the snapshot's index, term and size. The membership in force at the
+    snapshot is recorded now too: the install is certain from here."""
     with store._txn("FULL"):
         store._set_meta("installing", marker)
+        if membership:
+            store._set_meta("membership", membership)
         store.node.executemany(
             "INSERT INTO replidb_discarded(term, idx, changes, record, discarded_at, reason) "
             "VALUES(?, ?, ?, ?, ?, ?)",

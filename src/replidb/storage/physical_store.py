@@ -580,13 +580,18 @@ class PhysicalStore(NodeLogTables):
         store serves: it uses no connection of the store's."""
         return physical_snapshot.create_snapshot(self, directory, committed_index)
 
-    def install_snapshot(self, path: Path, index: int, term: int, committed_index: int) -> int:
-        """Replace ``data.db`` with the snapshot at ``path`` (position ``index``/``term``),
+    def install_snapshot(
+        self, path: Path, index: int, term: int, committed_index: int, membership: bytes = b""
+    ) -> int:
+        """Replace ``data.db`` with the snapshot at ``path`` (position ``index``/``term``,
+        ``membership`` in force there),
         crash-safely, keeping term, vote and replidb_discarded, and describing into
         replidb_discarded this node's own writes above ``committed_index``. ProtocolError
         if the file does not fit this node (the version lock). Returns how many it
         described."""
-        return physical_snapshot.install_snapshot(self, path, index, term, committed_index)
+        return physical_snapshot.install_snapshot(
+            self, path, index, term, committed_index, membership
+        )
 
 
 class _Txn:

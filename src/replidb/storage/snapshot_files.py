@@ -69,6 +69,9 @@ class SnapshotInfo:
     term: int
     size: int
     sha256: str
+    # The cluster membership in force at ``index``, encoded (core/membership.py) as
+    # hex; "" if it never changed from the command line's.
+    membership: str = ""
 
     def describe(self) -> dict[str, object]:
         return {
@@ -77,6 +80,7 @@ class SnapshotInfo:
             "term": self.term,
             "size": self.size,
             "sha256": self.sha256,
+            "membership": self.membership,
         }
 
 
@@ -100,7 +104,9 @@ def copy_database(db_path: Path, dest: Path) -> None:
         raise InternalError(f"cannot copy {db_path} for a snapshot: {exc}") from None
 
 
-def finish_snapshot(conn: apsw.Connection, directory: Path, index: int, term: int) -> SnapshotInfo:
+def finish_snapshot(
+    conn: apsw.Connection, directory: Path, index: int, term: int, membership: bytes = b""
+) -> SnapshotInfo:
     """Strip the node's private state from the copy open on ``conn``, mark it as the
     snapshot at ``index``/``term``, and publish it in ``directory`` (keeping the newest 2)."""
     snapshot_id = f"{index}-{term}-{secrets.token_hex(4)}"
@@ -113,13 +119,14 @@ def finish_snapshot(conn: apsw.Connection, directory: Path, index: int, term: in
         conn.execute("DELETE FROM replidb_meta")
         conn.executemany(
             "INSERT INTO replidb_meta(key, value) VALUES(?, ?)",
-            [("applied_index", index), ("snapshot_index", index), ("snapshot_term", term)],
+            [("applied_index", index), ("snapshot_index", index), ("snapshot_term", term)]
+            + ([("membership", membership)] if membership else []),
         )
         conn.execute("COMMIT")
         conn.execute("VACUUM INTO ?", (str(compact),))
         size = compact.stat().st_size
         sha256 = file_sha256(compact, sync=True)
-        info = SnapshotInfo(snapshot_id, path, index, term, size, sha256)
+        info = SnapshotInfo(snapshot_id, path, index, term, size, sha256, membership.hex())
         write_json(sidecar, info.describe())
         os.replace(compact, path)
         fsync_directory(directory)
@@ -168,6 +175,7 @@ def _complete(directory: Path) -> list[SnapshotInfo]:
                 int(meta["term"]),
                 int(meta["size"]),
                 str(meta["sha256"]),
+                str(meta.get("membership", "")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -221,6 +229,7 @@ def prepare_install(
     hard_state: HardState,
     discarded: Sequence[Sequence[object]],
     described: Sequence[Sequence[object]],
+    membership: bytes = b"",
 ) -> None:
     """Copy ``snapshot`` beside ``db_path`` (checking it is the one at ``index``/``term``)
     and give the copy this node's own state: its hard state, its ``discarded`` rows
@@ -250,7 +259,8 @@ def prepare_install(
         )
         conn.executemany(
             "INSERT OR REPLACE INTO replidb_meta(key, value) VALUES(?, ?)",
-            [("term", hard_state.term), ("vote", hard_state.vote)],
+            [("term", hard_state.term), ("vote", hard_state.vote)]
+            + ([("membership", membership)] if membership else []),
         )
         conn.execute("COMMIT")
     except apsw.Error as exc:

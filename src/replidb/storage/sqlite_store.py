@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 import time
@@ -39,7 +40,7 @@ import msgspec
 
 from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import Error, InternalError, Unavailable
-from replidb.storage import sessions, snapshot_files
+from replidb.storage import partial_snapshot, sessions, snapshot_files
 from replidb.storage.determinism import DeterministicWriter
 from replidb.storage.executor import (
     capture_changes,
@@ -82,6 +83,7 @@ CREATE TABLE IF NOT EXISTS replidb_undo(idx INTEGER PRIMARY KEY, record BLOB NOT
 """
 )
 STREAMS = ("logical", "statement", "mixed")
+log = logging.getLogger("replidb.storage")
 _CREATE_RE = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"((?:\"[^\"]+\"|`[^`]+`|\[[^\]]+\]|[\w.]+))",
@@ -120,6 +122,7 @@ class SQLiteStore(NodeLogTables):
         self._deterministic: DeterministicWriter | None = None
         self._partial: Any = None
         self.subscription: Any = None
+        self._subscription_specs = tuple(subscription)
         if subscription:
             from replidb.storage.subscription import parse_subscription
 
@@ -437,20 +440,49 @@ class SQLiteStore(NodeLogTables):
                     index = committed_index
                 else:
                     term = copy.term(index)
-                return snapshot_files.finish_snapshot(copy.writer, directory, index, term)
+                return snapshot_files.finish_snapshot(
+                    copy.writer, directory, index, term, copy.membership_at(index)
+                )
             finally:
                 copy.close()
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 raw.with_name(raw.name + suffix).unlink(missing_ok=True)
 
-    def install_snapshot(self, path: Path, index: int, term: int, committed_index: int) -> int:
+    def install_snapshot(
+        self, path: Path, index: int, term: int, committed_index: int, membership: bytes = b""
+    ) -> int:
         """Replace this node's database with the snapshot at ``path`` (position
-        ``index``/``term``), keeping its term, vote and discarded transactions, and
+        ``index``/``term``, ``membership`` in force there), keeping its term, vote and
+        discarded transactions, and
         describing into replidb_discarded what it applied above ``committed_index``
         (an ex-leader's unreplicated writes). Returns how many it described."""
-        if self._partial is not None:
-            raise InternalError("a partial replica cannot install a full snapshot: resync it")
+        if self._partial is None:
+            return self._install(path, index, term, committed_index, membership)
+        # A partial replica installs its filtered subset of the leader's full copy.
+        filtered = self.path.with_name(self.path.name + ".filtered")
+        try:
+            self._build_filtered(path, filtered, index, term)
+            return self._install(filtered, index, term, committed_index, membership)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                filtered.with_name(filtered.name + suffix).unlink(missing_ok=True)
+
+    def _build_filtered(self, snapshot: Path, dest: Path, index: int, term: int) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            dest.with_name(dest.name + suffix).unlink(missing_ok=True)
+        fresh = SQLiteStore(dest, stream=self.stream, subscription=self._subscription_specs)
+        try:
+            kept = partial_snapshot.fill_from_snapshot(
+                fresh.writer, fresh._partial, snapshot, index, term
+            )
+        finally:
+            fresh.close()  # (the last connection: its WAL is checkpointed into the file)
+        log.info("filtered snapshot at %d for this partial replica: %d rows kept", index, kept)
+
+    def _install(
+        self, path: Path, index: int, term: int, committed_index: int, membership: bytes
+    ) -> int:
         applied = self.applied_index()
         if index < min(applied, committed_index):
             raise ValueError(
@@ -467,7 +499,9 @@ class SQLiteStore(NodeLogTables):
         ).fetchall()
         try:
             hard = self.hard_state()
-            snapshot_files.prepare_install(path, self.path, index, term, hard, own, lost)
+            snapshot_files.prepare_install(
+                path, self.path, index, term, hard, own, lost, membership
+            )
         except BaseException:
             snapshot_files.remove_install_leftovers(self.path)
             raise

@@ -74,7 +74,7 @@ its log. It saves the replica's tables the space, nothing more.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -272,19 +272,27 @@ class PartialApplier:
                 "a statement-format record reached a partial replica: "
                 "partial replication needs --stream logical"
             )
+        self.replay(item for item in row_changes(record) if not isinstance(item, Replay))
+
+    def replay(self, items: Iterable[DDL | RowChange]) -> None:
+        """Apply DDL and row changes in order (a record's, or a snapshot's contents as
+        the CREATEs and INSERTs that would rebuild it: storage/partial_snapshot.py)."""
         version = self.conn.execute("PRAGMA schema_version").get
         if version != self._schema_version:
             self._held.clear()
         self._schema_version = version
         try:
-            for item in row_changes(record):
+            for item in items:
                 if isinstance(item, DDL):
                     self._apply_ddl(item.sql)
-                elif isinstance(item, RowChange) and item.table.lower() in self._filters:
+                elif item.table.lower() in self._filters:
                     self._apply_change(item)
         except BaseException:
             self._forget()  # the caller rolls back: what was read may be undone
             raise
+
+    def subscribes(self, table: str) -> bool:
+        return table.lower() in self._filters
 
     def _forget(self) -> None:
         self._held.clear()

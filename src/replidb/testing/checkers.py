@@ -15,7 +15,8 @@ Invariants (Raft §5.2-§5.4, plus what replidb adds on top):
 4. applied states are prefixes of the committed sequence; only a node that has been
    leader may have applied entries beyond it (the leader applies its whole log);
 5. convergence (liveness phase): one leader, all commit indexes at its last index,
-   identical logs and applied states (learners included);
+   identical logs and applied states (learners included) on every member of the
+   leader's membership (nodes removed, or never added, are left alone);
 6. learners (non-voting members) never leave the follower role (never pre-campaign,
    campaign or lead), never send a vote request, never grant a vote and never hold a
    durable vote. Majorities (the acknowledged-writes rule) count voters only: the
@@ -238,6 +239,10 @@ class SafetyChecker:
         replica = node.replica
         if replica is not None:
             self.observe_role(node.id, replica.role, replica.term)
+            if replica.is_learner and replica.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
+                # (whatever its membership says now: a node only leaves the voters by
+                # appending a CONFIG entry, and an Append makes a candidate follow)
+                self.fail(node.id, f"non-voter is {replica.role.value} in term {replica.term}")
             if node.settled:  # mid-batch, the durable log lags the replica's view
                 self._check_log(node, replica)
         mark = self._marks[node.id]
@@ -311,14 +316,20 @@ class SafetyChecker:
 
     def check_discarded(self, nodes: Sequence[ObservedNode]) -> None:
         """On the final state (the committed record, once converged): every acknowledged
-        write missing from it is in the discarded list of the node that acknowledged it."""
+        write missing from it is in the discarded list of the node that acknowledged it
+        — or, if that node has since been removed from the cluster (it no longer hears
+        from a leader, so nothing reconciles it), still applied there."""
         storage = {node.id: node.storage for node in nodes}
+        leaders = [n.replica for n in nodes if n.replica and n.replica.role is Role.LEADER]
+        members = set(leaders[0].membership.members) if len(leaders) == 1 else set(storage)
         kept: dict[str, set[Entry]] = {}
         for node, entry in self.acked_writes:
             if self._is_committed(entry):
                 continue
             if node not in kept:
                 kept[node] = set(storage[node].discarded)
+                if node not in members:
+                    kept[node].update(storage[node].applied)
             if entry not in kept[node]:
                 self.fail(
                     node,
@@ -329,8 +340,7 @@ class SafetyChecker:
     @staticmethod
     def not_converged(nodes: Sequence[ObservedNode]) -> str | None:
         """(5) None when the cluster has converged, else what is still missing."""
-        replicas = [(n.id, n.replica) for n in nodes]
-        down = [node for node, replica in replicas if replica is None]
+        down = [n.id for n in nodes if n.replica is None]
         if down:
             return f"nodes down: {down}"
         leaders = [n for n in nodes if n.replica is not None and n.replica.role is Role.LEADER]
@@ -339,7 +349,12 @@ class SafetyChecker:
         leader = leaders[0]
         assert leader.replica is not None
         last = leader.replica.last_index
+        members = set(leader.replica.membership.members)
+        if leader.replica.membership_index > leader.replica.commit_index:
+            return "a membership change is not committed yet"
         for node in nodes:
+            if node.id not in members:
+                continue
             replica = node.replica
             assert replica is not None
             if replica.term != leader.replica.term or replica.leader != leader.id:

@@ -59,10 +59,13 @@ class LocalCluster:
         extra: tuple[str, ...] = (),
         node_extra: dict[str, tuple[str, ...]] | None = None,
         node_env: dict[str, dict[str, str]] | None = None,
+        spares: int = 0,
     ) -> None:
         self.base = base
-        self.ids = [f"n{i + 1}" for i in range(nodes)]
-        ports = free_ports(nodes)
+        self.ids = [f"n{i + 1}" for i in range(nodes + spares)]
+        # The first ``nodes`` form the cluster; spares start with --join, outside it.
+        self.members = self.ids[:nodes]
+        ports = free_ports(nodes + spares)
         self.addresses = {
             node: f"127.0.0.1:{port}" for node, port in zip(self.ids, ports, strict=True)
         }
@@ -73,14 +76,15 @@ class LocalCluster:
 
     @property
     def connect(self) -> str:
-        return ",".join(self.addresses.values())
+        return ",".join(self.addresses[node] for node in self.members)
 
     def log(self, node: str) -> str:
         path = self.base / f"{node}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self, node: str) -> None:
-        peers = ",".join(f"{p}={a}" for p, a in self.addresses.items() if p != node)
+        spare = node not in self.members
+        peers = ",".join(f"{p}={self.addresses[p]}" for p in self.members if p != node)
         command = [
             sys.executable,
             "-m",
@@ -96,6 +100,7 @@ class LocalCluster:
             peers,
             *self.extra,
             *self.node_extra.get(node, ()),
+            *(("--join",) if spare else ()),
         ]
         with (self.base / f"{node}.log").open("ab") as log_file:
             self.procs[node] = subprocess.Popen(
@@ -107,7 +112,7 @@ class LocalCluster:
             )
 
     def start_all(self) -> None:
-        for node in self.ids:
+        for node in self.members:
             self.start(node)
 
     def kill(self, node: str, sig: int = signal.SIGKILL) -> None:

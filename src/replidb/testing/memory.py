@@ -74,6 +74,10 @@ class MemoryStorage:
             size += len(entry.data)
         return out
 
+    def configs(self) -> list[Entry]:
+        # Compaction only hides entries here, so the whole history is still at hand.
+        return [e for e in self.log if e.kind == EntryKind.CONFIG]
+
     # ---- writes (each one is atomic and durable) ------------------------------
 
     @property

@@ -18,6 +18,9 @@ A run has two phases:
   must converge. Then every acknowledged write missing from the final state must be
   in ``replidb_discarded`` on the node that acknowledged it (whatever the policy).
 
+Membership runs (``--membership``, a separate seed space: ``sim_membership.py``) add
+spare nodes and have the leader add, promote and remove members between the faults.
+
 The checkers in ``checkers.py`` run after every event. A step is one event: a node's
 clock tick, one message delivery, or one "world" tick (faults and client writes),
 each followed by handling the touched node's ``Ready`` batches — or, for a delivery
@@ -44,6 +47,7 @@ from replidb.core.policy import CommitPolicy, guarantee, parse_policy
 from replidb.core.replica import Config, Ready, Replica
 from replidb.testing.checkers import InvariantViolation, SafetyChecker
 from replidb.testing.memory import MemoryStorage
+from replidb.testing.sim_membership import MembershipDriver
 
 __all__ = ["SimResult", "Simulation", "main_sim", "run", "run_seeds"]
 
@@ -79,9 +83,13 @@ class Params:
     # each Ready a node forgets committed entries older than this many, so lagging or
     # restarted followers must be brought back by snapshot. None: never compact.
     compact_keep: int | None = None
+    # Membership runs only: nodes that start outside the cluster (they may be added),
+    # and how often per world tick the leader is asked for a membership change.
+    spares: int = 0
+    change_rate: float = 0.0
 
     @staticmethod
-    def draw(rng: random.Random) -> Params:
+    def draw(rng: random.Random, membership: bool = False) -> Params:
         nodes = rng.choice((3, 5))
         policies = ["async", "quorum", "all", "semi-sync:1"] + (
             ["semi-sync:2"] if nodes == 5 else []
@@ -107,16 +115,28 @@ class Params:
             params = dataclasses.replace(params, learners=(learner,))
         if rng.random() < 0.5:
             params = dataclasses.replace(params, compact_keep=rng.choice((0, 2, 8, 30)))
+        if membership:
+            # Only policies whose promise does not depend on how many vote: the voter
+            # count changes during the run.
+            params = dataclasses.replace(
+                params,
+                policy=parse_policy(rng.choice(("async", "quorum", "all"))),
+                spares=rng.randint(1, 2),
+                change_rate=rng.choice((0.02, 0.05, 0.1)),
+            )
         return params
 
     @staticmethod
-    def for_seed(seed: int) -> Params:
+    def for_seed(seed: int, membership: bool = False) -> Params:
         """The parameters a run of ``seed`` draws (its first random stream)."""
-        return Params.draw(random.Random(random.Random(seed).getrandbits(64)))
+        return Params.draw(random.Random(random.Random(seed).getrandbits(64)), membership)
 
     def ids(self) -> list[str]:
-        """Every member, voters and learners, in sorted order."""
-        return [f"n{i}" for i in range(1, self.nodes + len(self.learners) + 1)]
+        """Every node, in sorted order: the initial voters and learners, then spares."""
+        return [f"n{i}" for i in range(1, self.nodes + len(self.learners) + self.spares + 1)]
+
+    def initial_members(self) -> list[str]:
+        return self.ids()[: self.nodes + len(self.learners)]
 
     def acks_must_survive(self) -> bool:
         """Does the policy promise that acknowledged writes survive failover? The
@@ -201,6 +221,8 @@ class SimResult:
     learners_led: int = 0  # terms in which a learner was leader (a checker forbids any)
     learner_applied: int = 0  # entries the learners had applied at the end, in all
     snapshots: int = 0  # snapshots installed (seeds with log compaction)
+    membership_changes: int = 0  # CONFIG entries in the final committed sequence
+    final_members: tuple[str, ...] = ()  # membership runs: the converged membership
 
     def summary(self) -> str:
         status = "ok" if not self.violations else "VIOLATION"
@@ -214,14 +236,22 @@ class SimResult:
             f"discarded={self.discarded}"
             + (f" learners={','.join(self.learners)}" if self.learners else "")
             + (f" snapshots={self.snapshots}" if self.snapshots else "")
+            + (
+                f" membership_changes={self.membership_changes} "
+                f"members={','.join(self.final_members)}"
+                if self.membership_changes
+                else ""
+            )
         )
 
 
 class Simulation:
-    def __init__(self, seed: int, safety_steps: int, liveness_ticks: int) -> None:
+    def __init__(
+        self, seed: int, safety_steps: int, liveness_ticks: int, membership: bool = False
+    ) -> None:
         master = random.Random(seed)
         # Independent streams, so that e.g. one more fault does not shift every delay.
-        self.params = Params.draw(random.Random(master.getrandbits(64)))  # as for_seed
+        self.params = Params.draw(random.Random(master.getrandbits(64)), membership)
         self._net = random.Random(master.getrandbits(64))
         self._faults = random.Random(master.getrandbits(64))
         self._client = random.Random(master.getrandbits(64))
@@ -231,20 +261,26 @@ class Simulation:
         self.liveness_ticks = liveness_ticks
         p = self.params
         ids = p.ids()
-        self.learners = frozenset(p.learners)
+        members = p.initial_members()
+        # Membership runs check learners by what each node's own membership says
+        # (sim_membership.py): a learner there may be promoted and then vote.
+        self.learners = frozenset(() if membership else p.learners)
         self.configs = {
             node: Config(
                 node_id=node,
-                peers=tuple(peer for peer in ids if peer != node),
+                # A spare starts as a learner of the initial cluster: it never
+                # campaigns and waits to be added (as ``replidb serve --join`` does).
+                peers=tuple(peer for peer in members if peer != node),
                 election_ticks=p.election_ticks,
                 heartbeat_ticks=p.heartbeat_ticks,
                 max_batch_entries=p.max_batch_entries,
                 max_apply_entries=p.max_apply_entries,
                 policy=p.policy,
-                learners=p.learners,  # the same tuple on every node
+                learners=p.learners if node in members else (*p.learners, node),
             )
             for node in ids
         }
+
         self.nodes = [
             SimNode(
                 node,
@@ -256,7 +292,7 @@ class Simulation:
             for node in ids
         ]
         self.by_id = {node.id: node for node in self.nodes}
-        self.checker = SafetyChecker(seed, ids, p.acks_must_survive(), learners=p.learners)
+        self.checker = SafetyChecker(seed, ids, p.acks_must_survive(), learners=self.learners)
         self.trace: list[str] = []
         self._queue: list[tuple[int, int, _Event]] = []
         self._seq = 0
@@ -297,6 +333,8 @@ class Simulation:
             self._start(node)
             self._schedule(master.randrange(node.period), _Tick(node.id))
         self._schedule(TICK, _World())
+        # Drawn last, so runs without membership changes are the ones they were before.
+        self.changes = MembershipDriver(self, random.Random(master.getrandbits(64)))
 
     # ---- driver --------------------------------------------------------------------
 
@@ -398,7 +436,10 @@ class Simulation:
         if {(event.source, event.node), (event.node, event.source)} & self._blocked:
             return
         index = min(giver.commit_index, source.storage.applied_index)
-        if index <= replica.commit_index or index < source.storage.first - 1:
+        if index < source.storage.first - 1:
+            return  # nothing it can hand out
+        term = source.storage.log[index - 1].term if index else 0
+        if not replica.wants_snapshot(index, term):
             return  # nothing newer than what it has
         self._touched.add(node.id)
         log = source.storage.log[:index]
@@ -410,7 +451,7 @@ class Simulation:
             + (f", rolls back {len(rolled_back)} applied" if rolled_back else "")
         )
         try:
-            replica.restore_snapshot(index, log[-1].term if log else 0)
+            replica.restore_snapshot(index, log[-1].term if log else 0, giver.membership_at(index))
         except Exception as exc:
             self._core_error(node.id, exc)
         self._drain(node)
@@ -423,6 +464,8 @@ class Simulation:
         if not self.liveness:
             if self._faults.random() < self.params.fault_rate:
                 self._inject_fault()
+            if self.params.change_rate:
+                self.changes.maybe_change()
         elif self._check_live_write() and self.live_write_acked:
             self.converged = SafetyChecker.not_converged(self.nodes) is None
             return  # converging: no more client writes
@@ -753,6 +796,8 @@ class Simulation:
                 len(node.storage.applied) for node in self.nodes if node.id in self.learners
             ),
             snapshots=self.snapshots,
+            membership_changes=sum(1 for e in self.checker.committed if e.kind == EntryKind.CONFIG),
+            final_members=self.changes.final_members(),
         )
 
 
@@ -762,9 +807,11 @@ def run(
     safety_steps: int = SAFETY_STEPS,
     liveness_ticks: int = LIVENESS_TICKS,
     raise_on_violation: bool = False,
+    membership: bool = False,
 ) -> SimResult:
-    """Run one seed. A violation is raised, or recorded in ``SimResult.violations``."""
-    sim = Simulation(seed, safety_steps, liveness_ticks)
+    """Run one seed (of the membership seed space with ``membership``). A violation is
+    raised, or recorded in ``SimResult.violations``."""
+    sim = Simulation(seed, safety_steps, liveness_ticks, membership)
     try:
         sim.run()
     except InvariantViolation as exc:
@@ -776,14 +823,14 @@ def run(
 
 
 def run_seeds(
-    seeds: Iterable[int], *, workers: int = 1, keep_trace: bool = True
+    seeds: Iterable[int], *, workers: int = 1, keep_trace: bool = True, membership: bool = False
 ) -> list[SimResult]:
     """Run many seeds, in ``workers`` processes; the results (in seed order) are the
     same as one ``run`` after another, since every seed is independent. Without
     ``keep_trace`` the traces are dropped (their digests stay): 500 traces are
     hundreds of megabytes, and they would be copied from the worker processes."""
     seed_list = list(seeds)
-    job = partial(_run_one, keep_trace=keep_trace)
+    job = partial(_run_one, keep_trace=keep_trace, membership=membership)
     if workers <= 1 or len(seed_list) < 2:
         return [job(seed) for seed in seed_list]
     # spawn, not fork: the caller (a test runner) may have threads that a fork would
@@ -794,28 +841,31 @@ def run_seeds(
         return list(pool.map(job, seed_list, chunksize=chunk))
 
 
-def _run_one(seed: int, keep_trace: bool) -> SimResult:
-    result = run(seed)
+def _run_one(seed: int, keep_trace: bool, membership: bool = False) -> SimResult:
+    result = run(seed, membership=membership)
     if not keep_trace:
         result.trace = result.trace[-1:] if result.violations else []
     return result
 
 
-def main_sim(seed: int | None, seeds: int = 1, verbose: bool = False) -> int:
+def main_sim(
+    seed: int | None, seeds: int = 1, verbose: bool = False, membership: bool = False
+) -> int:
     """CLI entry (``replidb sim``): run ``seeds`` seeds from ``seed``; 1 on a violation."""
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
         print(f"seed: {seed} (random)")
     failed: list[int] = []
     for current in range(seed, seed + seeds):
-        result = run(current)
+        result = run(current, membership=membership)
         if verbose:
             print("\n".join(result.trace))
         print(result.summary())
         print(f"  trace digest {result.trace_digest}")
         for violation in result.violations:
             print(f"  {violation}")
-            print(f"  replay with: replidb sim --seed {current} --verbose")
+            flag = " --membership" if membership else ""
+            print(f"  replay with: replidb sim --seed {current}{flag} --verbose")
         if result.violations:
             failed.append(current)
     if seeds > 1:

@@ -53,8 +53,10 @@ class PeerLink:
         address: str,
         max_queue: int = 4096,
         on_change: Callable[[str, bool], None] | None = None,
+        own_address: str = "",
     ) -> None:
         self.own_id = own_id
+        self.own_address = own_address  # told to the peer, which may not know us yet
         self.peer_id = peer_id
         self.address = address
         self.connected = False
@@ -97,8 +99,13 @@ class PeerLink:
                 reader, connected = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
                 writer = connected
                 _detect_silent_loss(connected)
-                connected.write(frame(wire.Hello(self.own_id)))
+                connected.write(frame(wire.Hello(self.own_id, self.own_address)))
                 await connected.drain()
+                # What was queued while we were away is stale too (the loop below only
+                # clears it after a failed attempt): appends from before the leader
+                # compacted its log once reached a new node ahead of its snapshot offer.
+                while not self._queue.empty():
+                    self._queue.get_nowait()
                 self._set_connected(True)
                 backoff = 0.05
                 # The peer never writes on this connection, so a read that returns

@@ -21,11 +21,13 @@ from replidb.core.messages import (
 )
 
 __all__ = [
+    "ChangeMembership",
     "Execute",
     "ExecuteReply",
     "Forward",
     "ForwardReply",
     "Hello",
+    "MembershipReply",
     "Message",
     "NodeStatus",
     "SnapshotChunk",
@@ -47,6 +49,7 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
     """First frame a node sends on a connection it opened to a peer."""
 
     node_id: str
+    address: str = ""  # where the sender listens: a peer we do not know yet can answer
 
 
 class Statement(msgspec.Struct, frozen=True, array_like=True):
@@ -118,7 +121,7 @@ class NodeStatus(msgspec.Struct, frozen=True):
     last_index: int
     commit_index: int
     applied_index: int
-    peers: dict[str, str]  # id -> address, every other voter
+    peers: dict[str, str]  # id -> address, every other member
     policy: str = "async"
     topology: str = "single-leader"
     stream: str = "logical"
@@ -133,6 +136,9 @@ class NodeStatus(msgspec.Struct, frozen=True):
     first_index: int = 1  # the oldest log entry this node still holds
     needs_snapshot: list[str] = []  # leader only: followers behind the retained log
     snapshot: str = ""  # a follower installing a snapshot: its progress
+    voters: list[str] = []  # the membership this node uses (core/membership.py)
+    learners: list[str] = []
+    member: bool = True  # False once this node has been removed from the cluster
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):
@@ -185,6 +191,28 @@ class SnapshotChunk(msgspec.Struct, frozen=True, tag="snapshot_chunk"):
     data: bytes = b""
     crc32: int = 0
     error: str | None = None
+    membership: str = ""  # hex: the membership in force at ``index`` (core/membership.py)
+
+
+class ChangeMembership(msgspec.Struct, frozen=True, tag="change_membership"):
+    """Ask the leader for one membership change: ``op`` is ``add-learner`` (``node``
+    at ``address``), ``promote`` (a caught-up learner becomes a voter) or ``remove``.
+    Answered once the change is committed."""
+
+    id: int
+    op: str
+    node: str
+    address: str = ""
+
+
+class MembershipReply(msgspec.Struct, frozen=True, tag="membership_reply"):
+    id: int
+    voters: list[str] = []
+    learners: list[str] = []
+    index: int = 0  # the committed CONFIG entry
+    error_kind: str | None = None
+    error: str | None = None
+    leader_address: str | None = None
 
 
 Message = (
@@ -199,6 +227,8 @@ Message = (
     | TransferReply
     | SnapshotFetch
     | SnapshotChunk
+    | ChangeMembership
+    | MembershipReply
     | SnapshotOffer
     | TimeoutNow
     | VoteRequest

@@ -130,12 +130,16 @@ def to(node: str, out: list[tuple[str, PeerMessage]]) -> list[PeerMessage]:
     return [msg for dest, msg in out if dest == node]
 
 
-def deliver(nodes: dict[str, Node], out: list[tuple[str, PeerMessage]]) -> None:
-    """A perfect network: deliver everything, and everything it causes, in order."""
+def deliver(
+    nodes: dict[str, Node], out: list[tuple[str, PeerMessage]], drop: tuple[str, ...] = ()
+) -> None:
+    """A perfect network: deliver everything, and everything it causes, in order
+    (except to ``drop``, and to nodes not in ``nodes``)."""
     queue = list(out)
     while queue:
         dest, msg = queue.pop(0)
-        queue.extend(nodes[dest].step(msg))
+        if dest not in drop and dest in nodes:
+            queue.extend(nodes[dest].step(msg))
 
 
 def campaign(node: Node) -> list[tuple[str, PeerMessage]]:

@@ -5,7 +5,7 @@ once caught up, a leader that removes itself hands over, a removed member is tol
 from __future__ import annotations
 
 import pytest
-from tests.test_core import ELECTION, IDS, Node
+from tests.test_core import ELECTION, IDS, Node, deliver
 
 from replidb.core import (
     Append,
@@ -27,31 +27,20 @@ from replidb.core.messages import TimeoutNow
 ALL = (*IDS, "n4")
 
 
-def _deliver(
-    nodes: dict[str, Node], out: list[tuple[str, PeerMessage]], drop: tuple[str, ...] = ()
-) -> None:
-    queue = list(out)
-    while queue:
-        dest, msg = queue.pop(0)
-        if dest in drop or dest not in nodes:
-            continue
-        queue.extend(nodes[dest].step(msg))
-
-
 def _cluster() -> dict[str, Node]:
     """n1 leads n2 and n3; n4 runs but is not a member (as ``serve --join`` starts it)."""
     nodes = {n: Node(n) for n in IDS}
     nodes["n4"] = Node("n4", ALL, learners=("n4",))
-    _deliver(nodes, nodes["n1"].tick(2 * ELECTION))
+    deliver(nodes, nodes["n1"].tick(2 * ELECTION))
     assert nodes["n1"].replica.role is Role.LEADER
-    _deliver(nodes, nodes["n1"].tick())
+    deliver(nodes, nodes["n1"].tick())
     return nodes
 
 
 def _change(nodes: dict[str, Node], new: Membership, drop: tuple[str, ...] = ()) -> Entry:
     leader = nodes["n1"]
     entry = leader.replica.propose_membership(new)
-    _deliver(nodes, leader.handle(), drop)
+    deliver(nodes, leader.handle(), drop)
     return entry
 
 
@@ -97,7 +86,7 @@ def test_a_learner_is_promoted_only_once_caught_up_and_then_counts() -> None:
     with pytest.raises(MembershipBusy, match="n4 is not caught up yet"):
         leader.propose_membership(leader.membership.promoted("n4"))
     for _ in range(ELECTION):  # the lost batch is sent again; n4 catches up
-        _deliver(nodes, nodes["n1"].tick())
+        deliver(nodes, nodes["n1"].tick())
     assert nodes["n4"].storage.applied_index == leader.commit_index
     assert nodes["n4"].replica.is_learner and nodes["n4"].replica.role is Role.FOLLOWER
     _change(nodes, leader.membership.promoted("n4"))
@@ -107,10 +96,10 @@ def test_a_learner_is_promoted_only_once_caught_up_and_then_counts() -> None:
     # Four voters: the leader and n4 (2 of 4) cannot commit; with n2 as well they can.
     commit = leader.commit_index
     nodes["n1"].propose(b"needs three")
-    _deliver(nodes, nodes["n1"].handle(), drop=("n2", "n3"))
+    deliver(nodes, nodes["n1"].handle(), drop=("n2", "n3"))
     assert leader.commit_index == commit
     for _ in range(ELECTION):  # (n2's lost batch is sent again)
-        _deliver(nodes, nodes["n1"].tick(), drop=("n3",))
+        deliver(nodes, nodes["n1"].tick(), drop=("n3",))
     assert leader.commit_index == leader.last_index
 
 

@@ -25,7 +25,13 @@ __all__ = ["sim"]
     help="Use the membership seed space: spare nodes are added, promoted and removed "
     "while faults go on.",
 )
-def sim(seed: int | None, seeds: int, verbose: bool, membership: bool) -> None:
+@click.option(
+    "--reads",
+    is_flag=True,
+    help="Also ask leaders for linearizable reads, and check each covers every entry "
+    "committed before it began.",
+)
+def sim(seed: int | None, seeds: int, verbose: bool, membership: bool, reads: bool) -> None:
     """Run the real core against a simulated network, clock and disks.
 
     Example:
@@ -36,4 +42,4 @@ def sim(seed: int | None, seeds: int, verbose: bool, membership: bool) -> None:
     """
     from replidb.testing.sim import main_sim
 
-    sys.exit(main_sim(seed, seeds, verbose, membership))
+    sys.exit(main_sim(seed, seeds, verbose, membership, reads))

@@ -14,7 +14,7 @@ from replidb.core.messages import (
     VoteRequest,
 )
 from replidb.core.policy import CommitPolicy, parse_policy
-from replidb.core.replica import Config, NotLeaderError, Ready, Replica
+from replidb.core.replica import Config, NotLeaderError, ReadState, Ready, Replica
 
 __all__ = [
     "Append",
@@ -27,6 +27,7 @@ __all__ = [
     "LogReader",
     "NotLeaderError",
     "PeerMessage",
+    "ReadState",
     "Ready",
     "Replica",
     "Role",

@@ -94,6 +94,13 @@ class Append(msgspec.Struct, frozen=True, tag="append"):
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    # Linearizable reads: the leader's newest read round when it sent this; the reply
+    # echoes it, and a round echoed by a majority proves the sender was still leader
+    # after the reads of that round arrived (Raft thesis §6.4, ReadIndex).
+    read_round: int = 0
+    # The sender's wall clock (ms) as its runtime sent this; the core ignores it. A
+    # follower measures its staleness for bounded reads with it (node/reads.py).
+    sent_ms: int = 0
 
 
 class AppendReply(msgspec.Struct, frozen=True, tag="append_reply"):
@@ -104,6 +111,7 @@ class AppendReply(msgspec.Struct, frozen=True, tag="append_reply"):
     sender: str
     success: bool
     index: int
+    read_round: int = 0  # the newest read round of this leader's we have seen
 
 
 class SnapshotOffer(msgspec.Struct, frozen=True, tag="snapshot_offer"):

@@ -31,6 +31,12 @@ Rules this module owns (and nothing else changes these fields):
   log, in force from the moment they are appended; one change at a time. Messages
   from nodes outside our membership are still answered (a new member may lead before
   we have seen the entry that added it); only members count for any majority.
+- Linearizable reads (ReadIndex, §6.4): ``request_read`` notes the commit index
+  (once the leader has committed an entry of its term) and starts a read round that
+  every Append carries and every reply echoes; when a majority of voters has echoed
+  the round, the read is released in ``Ready.read_states`` with that index: the
+  caller answers once it has applied up to it. A leader that steps down releases its
+  pending reads with index 0 (refused).
 - Leadership transfer (§3.10): the leader stops taking writes, brings the target up
   to date, and sends it TimeoutNow; the target campaigns at once. A transfer that has
   not finished within an election timeout is abandoned.
@@ -85,7 +91,7 @@ from replidb.core.messages import (
 )
 from replidb.core.policy import CommitPolicy
 
-__all__ = ["Config", "NotLeaderError", "Ready", "Replica"]
+__all__ = ["Config", "NotLeaderError", "ReadState", "Ready", "Replica"]
 
 
 class NotLeaderError(Exception):
@@ -118,6 +124,15 @@ class Config:
 
 
 @dataclass(frozen=True)
+class ReadState:
+    """A linearizable read may be served once the caller has applied up to ``index``;
+    ``index`` 0: refused (this node stopped leading before it was confirmed)."""
+
+    ctx: int
+    index: int
+
+
+@dataclass(frozen=True)
 class Ready:
     hard_state: HardState | None
     truncate_from: int | None
@@ -128,6 +143,7 @@ class Ready:
     events: tuple[RoleChanged, ...]
     # A follower behind the leader's compacted log: fetch a snapshot from this node.
     snapshot_from: str | None = None
+    read_states: tuple[ReadState, ...] = ()
 
 
 @dataclass
@@ -144,6 +160,7 @@ class _Progress:
     # log until it holds that entry (so it learns it was removed and stops
     # campaigning), but counts for nothing.
     departed_at: int = 0
+    read_round: int = 0  # the newest read round it has echoed
 
 
 class Replica:
@@ -191,6 +208,13 @@ class Replica:
         self._acked = 0
         self._transfer_elapsed = 0
         self._snapshot_from: str | None = None  # follower: fetch a snapshot from here
+        # Linearizable reads (leader): rounds, reads waiting for their round or for a
+        # commit in our term, and released ones; (follower) the round to echo.
+        self._read_round = 0
+        self._reads_in_round: list[tuple[int, int, int]] = []  # (ctx, index, round)
+        self._reads_before_commit: list[int] = []
+        self._read_states: list[ReadState] = []
+        self._echo_round = 0
 
     # ---- inputs ---------------------------------------------------------------
 
@@ -343,6 +367,45 @@ class Replica:
         self._send_to_idle()
         return entry
 
+    def request_read(self, ctx: int) -> None:
+        """Leader: confirm leadership for a linearizable read (see the module rules);
+        ``ctx`` comes back in ``Ready.read_states``."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if self.log.term(self.commit_index) != self.term:
+            self._reads_before_commit.append(ctx)  # the commit index is not ours yet
+            return
+        self._start_reads([ctx])
+
+    def _start_reads(self, contexts: list[int]) -> None:
+        self._read_round += 1
+        for ctx in contexts:
+            self._reads_in_round.append((ctx, self.commit_index, self._read_round))
+        if self._has_quorum({self.id}):
+            self._release_reads(self._read_round)
+        else:
+            self._broadcast(heartbeat=True)
+
+    def _release_reads(self, confirmed: int) -> None:
+        keep = []
+        for ctx, index, round_ in self._reads_in_round:
+            if round_ <= confirmed:
+                self._read_states.append(ReadState(ctx, index))
+            else:
+                keep.append((ctx, index, round_))
+        self._reads_in_round = keep
+
+    def _on_read_round(self) -> None:
+        """A voter echoed a newer round: release the reads a majority has confirmed."""
+        if not self._reads_in_round:
+            return
+        rounds = sorted(
+            [self._read_round if self.id in self.voters else 0]
+            + [self._progress[p].read_round for p in self.voter_peers],
+            reverse=True,
+        )
+        self._release_reads(rounds[len(self.voters) // 2])
+
     def wants_snapshot(self, index: int, term: int) -> bool:
         """Should the caller install a snapshot it fetched at ``index`` (``term``)? Not
         if it is not newer than what we know committed, nor if our log already holds
@@ -406,6 +469,7 @@ class Replica:
             or self._compute_acked() != self._acked
             or self._reported != (self.role, self.term, self.leader)
             or self._snapshot_from is not None
+            or bool(self._read_states)
         )
 
     # ---- output ---------------------------------------------------------------
@@ -431,6 +495,7 @@ class Replica:
             acked_index=self._acked,
             events=tuple(self._events),
             snapshot_from=self._snapshot_from,
+            read_states=tuple(self._read_states),
         )
 
     def advance(self, ready: Ready) -> None:
@@ -439,6 +504,7 @@ class Replica:
         self.log.mark_stable(ready.entries, ready.truncate_from)
         del self._messages[: len(ready.messages)]
         del self._events[: len(ready.events)]
+        del self._read_states[: len(ready.read_states)]
         if ready.snapshot_from is not None and ready.snapshot_from == self._snapshot_from:
             self._snapshot_from = None  # reported once per offer; the caller fetches
         if ready.committed:
@@ -507,6 +573,11 @@ class Replica:
         self.leader = leader
         self._votes = set()
         self._progress = {}
+        self._echo_round = 0
+        # Reads not yet confirmed can no longer be: refuse them.
+        pending = [ctx for ctx, _, _ in self._reads_in_round] + self._reads_before_commit
+        self._read_states.extend(ReadState(ctx, 0) for ctx in pending)
+        self._reads_in_round, self._reads_before_commit = [], []
         self._elapsed = 0
         self._timeout = self._random_timeout()
         self.transferee = None
@@ -613,6 +684,7 @@ class Replica:
     def _on_append(self, msg: Append) -> None:
         if not self._accept_leader(msg):
             return
+        self._echo_round = max(self._echo_round, msg.read_round)
         base = self.log.first_index - 1
         if msg.prev_index < base:
             # Entries up to ``base`` were compacted here, after they committed: every
@@ -623,7 +695,9 @@ class Replica:
                 self._commit_to(msg.commit, min(last_sent, base))
                 self._reply_append(msg.sender, True, last_sent)
                 return
-            msg = Append(msg.term, msg.sender, base, self.log.term(base), rest, msg.commit)
+            msg = Append(
+                msg.term, msg.sender, base, self.log.term(base), rest, msg.commit, msg.read_round
+            )
         if msg.prev_index > self.log.last_index:
             self._reply_append(msg.sender, False, self.log.last_index)
             return
@@ -680,7 +754,8 @@ class Replica:
         return hint
 
     def _reply_append(self, to: str, success: bool, index: int) -> None:
-        self._messages.append((to, AppendReply(self.term, self.id, success, index)))
+        reply = AppendReply(self.term, self.id, success, index, self._echo_round)
+        self._messages.append((to, reply))
 
     # ---- replication: leader side ---------------------------------------------
 
@@ -691,6 +766,9 @@ class Replica:
         if progress is None:
             return  # not (or no longer) a member
         progress.idle_ticks = 0
+        if msg.read_round > progress.read_round:
+            progress.read_round = msg.read_round
+            self._on_read_round()
         if progress.snapshot:
             base = self.log.first_index - 1
             if not msg.success or msg.index < base:
@@ -754,7 +832,13 @@ class Replica:
                     (
                         peer,
                         Append(
-                            self.term, self.id, match, self.log.term(match), (), self.commit_index
+                            self.term,
+                            self.id,
+                            match,
+                            self.log.term(match),
+                            (),
+                            self.commit_index,
+                            self._read_round,
                         ),
                     )
                 )
@@ -775,7 +859,15 @@ class Replica:
         self._messages.append(
             (
                 peer,
-                Append(self.term, self.id, prev, self.log.term(prev), entries, self.commit_index),
+                Append(
+                    self.term,
+                    self.id,
+                    prev,
+                    self.log.term(prev),
+                    entries,
+                    self.commit_index,
+                    self._read_round,
+                ),
             )
         )
         progress.inflight = True
@@ -801,6 +893,9 @@ class Replica:
         candidate = matches[len(matches) - quorum]
         if candidate > self.commit_index and self.log.term(candidate) == self.term:
             self.commit_index = candidate
+            if self._reads_before_commit:  # our first commit: their index is ours now
+                waiting, self._reads_before_commit = self._reads_before_commit, []
+                self._start_reads(waiting)
             # Tell followers now rather than at the next heartbeat, so reads there
             # see the write within one round trip.
             self._send_to_idle()

@@ -48,6 +48,7 @@ from replidb.errors import (
 )
 from replidb.node.acks import AckTracker
 from replidb.node.progress import CatchUpReporter
+from replidb.node.reads import ReadGate, bound_of
 from replidb.node.retention import compaction_point
 from replidb.node.snapshots import SnapshotFetcher, SnapshotSource
 from replidb.node.snapshots import answer as answer_fetch
@@ -153,6 +154,7 @@ class Node:
         self._server: asyncio.base_events.Server | None = None
         self._started = time.monotonic()
         self._catch_up = CatchUpReporter(log)
+        self.reads = ReadGate()
         self._floors_term = 0  # the term in which we last raised id floors
         self.failed: BaseException | None = None
         self.stopped = asyncio.Event()
@@ -251,6 +253,7 @@ class Node:
         for link in self.links.values():
             await link.stop()
         self.acks.fail_all("the node is shutting down")
+        self.reads.fail_all()
         self.store.close()
         log.info("stopped")
 
@@ -294,13 +297,19 @@ class Node:
                             ready.truncate_from,
                         )
                     self.store.persist(ready.hard_state, ready.truncate_from, ready.entries)
+                sent_ms = int(time.time() * 1000)
                 for to, message in ready.messages:
                     link = self._link(to)
                     if link is not None:
+                        if isinstance(message, Append):
+                            message = msgspec.structs.replace(message, sent_ms=sent_ms)
                         link.send(message)
                 if ready.committed:
                     self.store.apply(ready.committed)
                     self._catch_up.applied(ready.committed[-1].index, replica.leader_commit)
+                    self.reads.applied(ready.committed[-1].index)
+                if ready.read_states:
+                    self.reads.released(ready.read_states)
                 if replica.commit_index > self._noted_commit:
                     self._noted_commit = replica.commit_index
                     self.store.note_committed(self._noted_commit)
@@ -458,6 +467,9 @@ class Node:
     def _on_peer_message(self, message: wire.Message) -> None:
         if isinstance(message, CORE_MESSAGES):
             self.replica.step(message)
+            if isinstance(message, Append) and message.sender == self.replica.leader:
+                sent = message.sent_ms / 1000 if message.sent_ms else time.time()
+                self.reads.heard_from_leader(message.commit, self.replica.applied_index, sent)
             self._drive()
         elif isinstance(message, wire.Forward):
             self._spawn(self._serve_forward(message))
@@ -610,15 +622,11 @@ class Node:
                 # Its data only gets staler: send the client to the members.
                 raise Unavailable(f"{self.id} was removed from the cluster; use another node")
             level = request.consistency or "any"
-            if level.startswith(("bounded", "linearizable")):
-                raise BadRequest(
-                    f"consistency {level!r} is not available yet; use any, session or leader"
-                )
-            if not request.dry_run and level == "leader" and self.replica.role is not Role.LEADER:
+            leads = self.replica.role is Role.LEADER
+            if not request.dry_run and level in ("leader", "linearizable") and not leads:
                 return await self._write(request, allow_forward)  # a read, run by the leader
             if not request.dry_run:
-                if level == "session":
-                    await self._wait_applied(request.min_position)
+                await self._read_gate(level, request.min_position)
                 try:
                     results = self.store.execute_read(request.statements)
                     return wire.ExecuteReply(
@@ -653,6 +661,25 @@ class Node:
                 error=f"internal error: {exc}",
                 node=self.id,
             )
+
+    async def _read_gate(self, level: str, position: int) -> None:
+        """Wait, or redirect, until this node may serve a read at ``level``
+        (node/reads.py)."""
+        if level == "session":
+            await self._wait_applied(position)
+        elif level == "linearizable":  # (we lead: followers forwarded it)
+            timeout = self.config.request_timeout_s
+            index = await self.reads.confirm(self.replica, self._drive, timeout)
+            await self._wait_applied(index)
+        elif (bound := bound_of(level)) is not None:
+            lag = self.reads.staleness(self.replica, time.time())
+            if lag > bound:
+                leader = self.replica.leader
+                raise NotLeader(
+                    f"{self.id} may be {lag:.2f}s behind, over the bound of {bound:g}s: "
+                    "read at the leader",
+                    self._address_of(leader) if leader != self.id else None,
+                )
 
     async def _wait_applied(self, position: int) -> None:
         """Session consistency: answer only once this node has applied ``position``."""

@@ -20,6 +20,7 @@ A run has two phases:
 
 Membership runs (``--membership``, a separate seed space: ``sim_membership.py``) add
 spare nodes and have the leader add, promote and remove members between the faults.
+Runs with ``--reads`` also ask leaders for linearizable reads (``sim_reads.py``).
 
 The checkers in ``checkers.py`` run after every event. A step is one event: a node's
 clock tick, one message delivery, or one "world" tick (faults and client writes),
@@ -48,6 +49,7 @@ from replidb.core.replica import Config, Ready, Replica
 from replidb.testing.checkers import InvariantViolation, SafetyChecker
 from replidb.testing.memory import MemoryStorage
 from replidb.testing.sim_membership import MembershipDriver
+from replidb.testing.sim_reads import ReadDriver
 
 __all__ = ["SimResult", "Simulation", "main_sim", "run", "run_seeds"]
 
@@ -222,6 +224,8 @@ class SimResult:
     learner_applied: int = 0  # entries the learners had applied at the end, in all
     snapshots: int = 0  # snapshots installed (seeds with log compaction)
     membership_changes: int = 0  # CONFIG entries in the final committed sequence
+    reads_served: int = 0  # linearizable reads confirmed (runs with reads)
+    reads_refused: int = 0  # ... and refused because their leader stepped down
     final_members: tuple[str, ...] = ()  # membership runs: the converged membership
 
     def summary(self) -> str:
@@ -237,6 +241,11 @@ class SimResult:
             + (f" learners={','.join(self.learners)}" if self.learners else "")
             + (f" snapshots={self.snapshots}" if self.snapshots else "")
             + (
+                f" reads={self.reads_served} refused={self.reads_refused}"
+                if self.reads_served or self.reads_refused
+                else ""
+            )
+            + (
                 f" membership_changes={self.membership_changes} "
                 f"members={','.join(self.final_members)}"
                 if self.membership_changes
@@ -247,7 +256,12 @@ class SimResult:
 
 class Simulation:
     def __init__(
-        self, seed: int, safety_steps: int, liveness_ticks: int, membership: bool = False
+        self,
+        seed: int,
+        safety_steps: int,
+        liveness_ticks: int,
+        membership: bool = False,
+        reads: bool = False,
     ) -> None:
         master = random.Random(seed)
         # Independent streams, so that e.g. one more fault does not shift every delay.
@@ -335,6 +349,7 @@ class Simulation:
         self._schedule(TICK, _World())
         # Drawn last, so runs without membership changes are the ones they were before.
         self.changes = MembershipDriver(self, random.Random(master.getrandbits(64)))
+        self.reads = ReadDriver(self, random.Random(master.getrandbits(64)), reads)
 
     # ---- driver --------------------------------------------------------------------
 
@@ -391,6 +406,18 @@ class Simulation:
         self.checker.fail(node, f"{type(exc).__name__}: {exc}")
 
     # ---- events --------------------------------------------------------------------
+
+    def pick_leader(self, rng: random.Random) -> SimNode | None:
+        """A node that leads and is not paused (where a client's request would land),
+        chosen with ``rng``; None if there is none."""
+        leaders = [
+            n
+            for n in self.nodes
+            if n.replica is not None
+            and n.replica.role is Role.LEADER
+            and self.now >= n.paused_until
+        ]
+        return rng.choice(leaders) if leaders else None
 
     def _on_tick(self, node: SimNode) -> None:
         self._schedule(node.period, _Tick(node.id))
@@ -466,6 +493,7 @@ class Simulation:
                 self._inject_fault()
             if self.params.change_rate:
                 self.changes.maybe_change()
+            self.reads.maybe_read()
         elif self._check_live_write() and self.live_write_acked:
             self.converged = SafetyChecker.not_converged(self.nodes) is None
             return  # converging: no more client writes
@@ -554,6 +582,8 @@ class Simulation:
             upto = min(replica.commit_index, storage.applied_index) - keep
             if upto >= storage.first:
                 storage.compact(upto)
+        if ready.read_states:
+            self.reads.on_read_states(node, ready.read_states)
         if ready.snapshot_from is not None and not node.fetching:
             node.fetching = True
             delay = self._net.randint(1, 3 * self.params.max_delay)
@@ -798,6 +828,8 @@ class Simulation:
             snapshots=self.snapshots,
             membership_changes=sum(1 for e in self.checker.committed if e.kind == EntryKind.CONFIG),
             final_members=self.changes.final_members(),
+            reads_served=self.reads.served,
+            reads_refused=self.reads.refused,
         )
 
 
@@ -808,10 +840,11 @@ def run(
     liveness_ticks: int = LIVENESS_TICKS,
     raise_on_violation: bool = False,
     membership: bool = False,
+    reads: bool = False,
 ) -> SimResult:
     """Run one seed (of the membership seed space with ``membership``). A violation is
     raised, or recorded in ``SimResult.violations``."""
-    sim = Simulation(seed, safety_steps, liveness_ticks, membership)
+    sim = Simulation(seed, safety_steps, liveness_ticks, membership, reads)
     try:
         sim.run()
     except InvariantViolation as exc:
@@ -823,14 +856,19 @@ def run(
 
 
 def run_seeds(
-    seeds: Iterable[int], *, workers: int = 1, keep_trace: bool = True, membership: bool = False
+    seeds: Iterable[int],
+    *,
+    workers: int = 1,
+    keep_trace: bool = True,
+    membership: bool = False,
+    reads: bool = False,
 ) -> list[SimResult]:
     """Run many seeds, in ``workers`` processes; the results (in seed order) are the
     same as one ``run`` after another, since every seed is independent. Without
     ``keep_trace`` the traces are dropped (their digests stay): 500 traces are
     hundreds of megabytes, and they would be copied from the worker processes."""
     seed_list = list(seeds)
-    job = partial(_run_one, keep_trace=keep_trace, membership=membership)
+    job = partial(_run_one, keep_trace=keep_trace, membership=membership, reads=reads)
     if workers <= 1 or len(seed_list) < 2:
         return [job(seed) for seed in seed_list]
     # spawn, not fork: the caller (a test runner) may have threads that a fork would
@@ -841,15 +879,21 @@ def run_seeds(
         return list(pool.map(job, seed_list, chunksize=chunk))
 
 
-def _run_one(seed: int, keep_trace: bool, membership: bool = False) -> SimResult:
-    result = run(seed, membership=membership)
+def _run_one(
+    seed: int, keep_trace: bool, membership: bool = False, reads: bool = False
+) -> SimResult:
+    result = run(seed, membership=membership, reads=reads)
     if not keep_trace:
         result.trace = result.trace[-1:] if result.violations else []
     return result
 
 
 def main_sim(
-    seed: int | None, seeds: int = 1, verbose: bool = False, membership: bool = False
+    seed: int | None,
+    seeds: int = 1,
+    verbose: bool = False,
+    membership: bool = False,
+    reads: bool = False,
 ) -> int:
     """CLI entry (``replidb sim``): run ``seeds`` seeds from ``seed``; 1 on a violation."""
     if seed is None:
@@ -857,14 +901,14 @@ def main_sim(
         print(f"seed: {seed} (random)")
     failed: list[int] = []
     for current in range(seed, seed + seeds):
-        result = run(current, membership=membership)
+        result = run(current, membership=membership, reads=reads)
         if verbose:
             print("\n".join(result.trace))
         print(result.summary())
         print(f"  trace digest {result.trace_digest}")
         for violation in result.violations:
             print(f"  {violation}")
-            flag = " --membership" if membership else ""
+            flag = (" --membership" if membership else "") + (" --reads" if reads else "")
             print(f"  replay with: replidb sim --seed {current}{flag} --verbose")
         if result.violations:
             failed.append(current)

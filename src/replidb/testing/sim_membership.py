@@ -39,16 +39,10 @@ class MembershipDriver:
         if self._rng.random() >= self._sim.params.change_rate:
             return
         sim = self._sim
-        leaders = [
-            n
-            for n in sim.nodes
-            if n.replica is not None and n.replica.role is Role.LEADER and sim.now >= n.paused_until
-        ]
-        if not leaders:
+        node = sim.pick_leader(self._rng)
+        if node is None or node.replica is None:
             return
-        node = self._rng.choice(leaders)
         replica = node.replica
-        assert replica is not None
         new = self._pick(replica.membership, [n.id for n in sim.nodes])
         if new is None:
             return

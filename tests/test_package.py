@@ -97,6 +97,7 @@ def test_top_level_api() -> None:
     assert set(replidb.__all__) <= public
     for module_name in (
         "client",
+        "sqla",
         "errors",
         "cli",
         "core",

@@ -22,6 +22,7 @@ cli.add_command(cluster)
 def _add_optional_commands() -> None:
     from replidb.cli.admin_cmd import join_command, remove_command, transfer_leader_command
     from replidb.cli.backup_cmd import backup_command, restore_command
+    from replidb.cli.changes_cmd import changes_command
     from replidb.cli.discarded_cmd import discarded
     from replidb.cli.explain_cmd import explain_replication
     from replidb.cli.sim_cmd import sim
@@ -39,6 +40,7 @@ def _add_optional_commands() -> None:
         explain_replication,
         backup_command,
         restore_command,
+        changes_command,
     )
     for command in commands:
         cli.add_command(command)

@@ -1,8 +1,23 @@
 """The DB-API 2.0 (PEP 249) driver: ``connect()``, ``Connection`` and ``Cursor``.
 
-A transaction is buffered on the client: reads run at once, writes wait for
-``commit()``, which sends them all as ONE atomic, exactly-once request. That is what
-lets a replicated write be retried safely: there is no server-side session to lose.
+Transactions are interactive and optimistic, and hold nothing on the server between
+calls. The client keeps the transaction's statements; whenever the application needs
+a result inside it (a read, or a write's ``rowcount``/``lastrowid``), the leader runs
+every statement so far and rolls back (a dry run), so the transaction sees its own
+writes. ``commit()`` sends them all as ONE atomic, exactly-once request together with
+a digest of every result the application saw; the leader applies them only if they
+give the same results again, and otherwise answers ``Conflict`` with nothing applied
+(a concurrent write changed what the transaction read: run it again). So:
+
+- the transaction is serializable: it commits as if it ran alone at commit time;
+- a vanished client leaves nothing behind (no lock, no open transaction);
+- a failover during the transaction costs nothing unless its data changed; only a
+  commit in flight can end as ``OutcomeUnknown`` (and a retry applies it at most once).
+
+Without autocommit a transaction starts at the first write, as in ``sqlite3``: reads
+before it run on their own, with the connection's consistency level. After an
+explicit ``BEGIN`` every statement is part of the transaction. Results not yet
+needed are not fetched: a bulk insert costs one request, at commit.
 """
 
 from __future__ import annotations
@@ -14,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from replidb.client.transport import Client, check_sync
-from replidb.errors import InterfaceError, ProtocolError, SQLError
+from replidb.errors import Conflict, InterfaceError, ProtocolError, SQLError
 from replidb.transport import wire
 
 __all__ = ["Connection", "Cursor", "connect", "is_read_only", "split_statements"]
@@ -105,13 +120,35 @@ class Cursor:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.arraysize = 1
-        self.description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
-        self.rowcount = -1
-        self.lastrowid: int | None = None
+        self._description: tuple[tuple[str, None, None, None, None, None, None], ...] | None = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
         self._op = 0  # bumped per execute: a commit fills in only the latest operation
+        self._waiting = False  # the latest operation's results are not fetched yet
         self._closed = False
+
+    # Results of a write inside a transaction are fetched when first looked at.
+
+    @property
+    def description(self) -> tuple[tuple[str, None, None, None, None, None, None], ...] | None:
+        self._sync()
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        self._sync()
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        self._sync()
+        return self._lastrowid
+
+    def _sync(self) -> None:
+        if self._waiting and not self._closed:
+            self.connection._materialize()
 
     def execute(
         self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
@@ -140,6 +177,7 @@ class Cursor:
 
     def fetchone(self) -> tuple[Any, ...] | None:
         self._check()
+        self._sync()
         if self._pos >= len(self._rows):
             return None
         self._pos += 1
@@ -147,6 +185,7 @@ class Cursor:
 
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         self._check()
+        self._sync()
         end = self._pos + (self.arraysize if size is None else size)
         rows = self._rows[self._pos : end]
         self._pos += len(rows)
@@ -154,6 +193,7 @@ class Cursor:
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         self._check()
+        self._sync()
         rows = self._rows[self._pos :]
         self._pos = len(self._rows)
         return rows
@@ -184,11 +224,12 @@ class Cursor:
 
     def _reset(self) -> None:
         self._op += 1
-        self.description = None
-        self.rowcount = -1
-        self.lastrowid = None
+        self._description = None
+        self._rowcount = -1
+        self._lastrowid = None
         self._rows = []
         self._pos = 0
+        self._waiting = False
 
     def _fill(self, op: int, results: Sequence[wire.StatementResult]) -> None:
         """Take the results of operation ``op`` unless a later execute replaced it."""
@@ -196,13 +237,14 @@ class Cursor:
             return
         last = results[-1]
         columns = tuple((name, None, None, None, None, None, None) for name in last.columns)
-        self.description = columns or None  # None: the statement returned no result set
+        self._description = columns or None  # None: the statement returned no result set
         self._rows = [tuple(row) for row in last.rows]
         self._pos = 0
         # executemany: the total, as sqlite3 reports it; -1 stays -1 if the server says so
         counts = [r.rowcount for r in results]
-        self.rowcount = sum(counts) if all(c >= 0 for c in counts) else last.rowcount
-        self.lastrowid = last.lastrowid
+        self._rowcount = sum(counts) if all(c >= 0 for c in counts) else last.rowcount
+        self._lastrowid = last.lastrowid
+        self._waiting = False
 
 
 class Connection:
@@ -211,8 +253,11 @@ class Connection:
     def __init__(self, client: Client, *, autocommit: bool = False) -> None:
         self.client = client
         self._autocommit = autocommit
-        self._explicit = False  # BEGIN seen in autocommit mode: buffer until COMMIT
+        self._explicit = False  # BEGIN seen in autocommit mode: a transaction until COMMIT
+        # The open transaction: its statements (with the cursor operation each belongs
+        # to), and the results the application may have seen for the first ones.
         self._pending: list[tuple[wire.Statement, Cursor, int]] = []
+        self._seen: list[wire.StatementResult] = []
         self._closed = False
 
     @property
@@ -237,7 +282,7 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
-        """True while writes are buffered, waiting for commit()."""
+        """True while a transaction is open (statements waiting for commit())."""
         return bool(self._pending) or self._explicit
 
     def cursor(self) -> Cursor:
@@ -254,26 +299,30 @@ class Connection:
         return self.cursor().executemany(sql, seq_of_parameters)
 
     def commit(self) -> None:
-        """Send every buffered write as one atomic request, then fill in their cursors.
+        """Send the transaction as one atomic request, with a digest of every result
+        the application saw: the leader applies it only if they are the same now
+        (else Conflict, nothing applied). Then fill in the cursors not filled yet.
 
-        The buffer is emptied even if this fails: after OutcomeUnknown, committing the
+        The transaction ends even if this fails: after OutcomeUnknown, committing the
         same writes again under a new sequence number could apply them twice."""
         self._check()
-        pending, self._pending, self._explicit = self._pending, [], False
+        pending, seen = self._pending, self._seen
+        self._pending, self._seen, self._explicit = [], [], False
         if not pending:
             return
-        results = self.client.execute([s for s, _, _ in pending], write=True)
+        expect = (wire.results_digest(seen), len(seen)) if seen else ("", 0)
+        results = self.client.execute([s for s, _, _ in pending], write=True, expect=expect)
         self._distribute(pending, results)
 
     def rollback(self) -> None:
-        """Discard the buffered writes; nothing was sent, so nothing to undo remotely."""
+        """End the transaction; the server holds nothing of it, so nothing to undo."""
         self._check()
-        self._pending, self._explicit = [], False
+        self._pending, self._seen, self._explicit = [], [], False
 
     def close(self) -> None:
         """Close; uncommitted writes are discarded (DB-API: an implicit rollback)."""
         if not self._closed:
-            self._pending = []
+            self._pending, self._seen = [], []
             self._closed = True
             self.client.close()
 
@@ -309,19 +358,38 @@ class Connection:
     def _run(
         self, cursor: Cursor, op: int, statements: list[wire.Statement], *, read: bool
     ) -> None:
-        buffering = not self._autocommit or self._explicit
-        if read and buffering and self._pending:
-            # The read must see this transaction's own writes: run them all, roll back.
-            batch = [s for s, _, _ in self._pending] + statements
-            results = self.client.execute(batch, write=False, dry_run=True)
-            cursor._fill(op, results[-1:])
-        elif read:
-            cursor._fill(op, self.client.execute(statements, write=False))
-        elif buffering:
-            self._pending.extend((s, cursor, op) for s in statements)
-        else:
-            results = self.client.execute(statements, write=True)
-            cursor._fill(op, results)
+        in_transaction = self._explicit or (
+            not self._autocommit and (bool(self._pending) or not read)
+        )
+        if not in_transaction:
+            cursor._fill(op, self.client.execute(statements, write=not read))
+            return
+        self._pending.extend((s, cursor, op) for s in statements)
+        cursor._waiting = True
+        if read:  # its rows are wanted now
+            self._materialize()
+
+    def _materialize(self) -> None:
+        """Fetch the results of the transaction's statements not fetched yet: the leader
+        runs them all and rolls back. What the application saw before must not have
+        changed meanwhile (it would commit on stale reads): Conflict ends it then."""
+        if len(self._seen) == len(self._pending):
+            return
+        pending = self._pending
+        results = self.client.execute([s for s, _, _ in pending], write=False, dry_run=True)
+        if len(results) != len(pending):
+            raise ProtocolError(
+                f"server returned {len(results)} results for {len(pending)} statements"
+            )
+        if results[: len(self._seen)] != self._seen:
+            self._pending, self._seen, self._explicit = [], [], False
+            raise Conflict(
+                "a concurrent write changed what this transaction had read: it was rolled "
+                "back, nothing was applied; run it again"
+            )
+        fresh = len(self._seen)
+        self._seen = list(results)
+        self._distribute(pending[fresh:], results[fresh:])
 
     @staticmethod
     def _distribute(

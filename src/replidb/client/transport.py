@@ -124,6 +124,15 @@ class Channel:
         deadline: float,
     ) -> wire.Message:
         """Send ``request``, return the reply with the same id, by ``deadline`` (monotonic)."""
+        self.send(request, deadline)
+        while True:
+            reply = self.receive(deadline)
+            # A stale reply cannot normally arrive (we drop sockets after a failed call),
+            # but skipping it is cheaper than reasoning about it.
+            if getattr(reply, "id", None) == request.id:
+                return reply
+
+    def send(self, request: wire.Message, deadline: float) -> None:
         try:
             payload = wire.encode(request)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -136,19 +145,17 @@ class Channel:
         except OSError as exc:
             # Part of the frame may have left: for a write, assume it might apply.
             raise LinkError(f"{self.address}: send failed: {_describe(exc)}", sent=True)
-        while True:
-            (length,) = _HEADER.unpack(self._recv_exact(_HEADER.size, deadline))
-            if length > DEFAULT_MAX_FRAME:
-                raise ProtocolError(f"{self.address}: reply frame of {length} bytes is too long")
-            body = self._recv_exact(length, deadline)
-            try:
-                reply = wire.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise ProtocolError(f"{self.address}: undecodable reply: {exc}")
-            # A stale reply cannot normally arrive (we drop sockets after a failed call),
-            # but skipping it is cheaper than reasoning about it.
-            if getattr(reply, "id", None) == request.id:
-                return reply
+
+    def receive(self, deadline: float) -> wire.Message:
+        """The next message from the node, by ``deadline``."""
+        (length,) = _HEADER.unpack(self._recv_exact(_HEADER.size, deadline))
+        if length > DEFAULT_MAX_FRAME:
+            raise ProtocolError(f"{self.address}: reply frame of {length} bytes is too long")
+        body = self._recv_exact(length, deadline)
+        try:
+            return wire.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolError(f"{self.address}: undecodable reply: {exc}")
 
     def _recv_exact(self, n: int, deadline: float) -> bytes:
         chunks = bytearray()
@@ -258,14 +265,17 @@ class Client:
         dry_run: bool = False,
         seq: int | None = None,
         timeout: float | None = None,
+        expect: tuple[str, int] = ("", 0),
     ) -> list[wire.StatementResult]:
         """Run ``statements`` as one atomic transaction; the results, one per statement.
 
         ``write=True`` gives the request a fresh ``seq`` (or ``seq``) so retries are
-        exactly-once. ``dry_run`` executes and rolls back on the leader.
+        exactly-once. ``dry_run`` executes and rolls back on the leader. ``expect``:
+        (digest, count) of results the first ``count`` statements must give again, or
+        the leader applies nothing and raises Conflict.
         """
         return self.request(
-            statements, write=write, dry_run=dry_run, seq=seq, timeout=timeout
+            statements, write=write, dry_run=dry_run, seq=seq, timeout=timeout, expect=expect
         ).results
 
     def request(
@@ -276,6 +286,7 @@ class Client:
         dry_run: bool = False,
         seq: int | None = None,
         timeout: float | None = None,
+        expect: tuple[str, int] = ("", 0),
     ) -> wire.ExecuteReply:
         """Like ``execute`` but returns the whole successful reply (node, index, term)."""
         exactly_once = write and not dry_run
@@ -294,6 +305,8 @@ class Client:
             term=self.max_term,
             # Only reads wait for the token: writes go to the leader, which has it all.
             min_position=self.position if self.consistency == "session" and not write else 0,
+            expect=expect[0],
+            expect_count=expect[1],
         )
         reply = self._call(request, to_leader=write or dry_run, write=exactly_once, timeout=timeout)
         if not isinstance(reply, wire.ExecuteReply):  # _call checked; this informs mypy

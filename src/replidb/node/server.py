@@ -47,6 +47,7 @@ from replidb.errors import (
     Unavailable,
 )
 from replidb.node.acks import AckTracker
+from replidb.node.changes import ChangeFeed
 from replidb.node.progress import CatchUpReporter
 from replidb.node.reads import ReadGate, bound_of
 from replidb.node.retention import compaction_point
@@ -155,6 +156,13 @@ class Node:
         self._started = time.monotonic()
         self._catch_up = CatchUpReporter(log)
         self.reads = ReadGate()
+        self.changes = ChangeFeed(
+            config.node_id,
+            self.store,
+            config.stream,
+            lambda: (self.replica.applied_index, self.replica.commit_index),
+            log,
+        )
         self._floors_term = 0  # the term in which we last raised id floors
         self.failed: BaseException | None = None
         self.stopped = asyncio.Event()
@@ -310,6 +318,8 @@ class Node:
                     self.reads.applied(ready.committed[-1].index)
                 if ready.read_states:
                     self.reads.released(ready.read_states)
+                if ready.committed or ready.truncate_from is not None:
+                    self.changes.applied()
                 if replica.commit_index > self._noted_commit:
                     self._noted_commit = replica.commit_index
                     self.store.note_committed(self._noted_commit)
@@ -493,6 +503,9 @@ class Node:
                 self._spawn(self._answer_with(self.change_membership(message), writer))
             elif isinstance(message, wire.SnapshotFetch):
                 await answer_fetch(self._snapshot_source, message, writer)
+            elif isinstance(message, wire.ChangesRequest):
+                await self.changes.serve(message, writer)
+                return  # a change stream has the connection to itself
             else:
                 raise ProtocolError(f"a client sent {type(message).__name__}")
             message = await read_message(reader, self.config.max_frame)
@@ -727,7 +740,14 @@ class Node:
             if raised:
                 log.info("raised the id floor of %d table(s) to their leases", raised)
         outcome = self.store.execute_write(
-            request.statements, term, index, request.client_id, request.seq, request.dry_run
+            request.statements,
+            term,
+            index,
+            request.client_id,
+            request.seq,
+            request.dry_run,
+            request.expect,
+            request.expect_count,
         )
         if outcome.duplicate:
             index = outcome.index  # a retry: answer once the original is acknowledged
@@ -743,6 +763,7 @@ class Node:
             entry = self.replica.propose_applied(outcome.data)
             if entry.index != index:
                 raise InternalError(f"log position moved from {index} to {entry.index}")
+            self.changes.applied()
         future = self.acks.wait_for(
             index, term, policy, time.monotonic(), outcome.needs_commit or outcome.duplicate
         )

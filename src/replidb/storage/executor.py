@@ -13,12 +13,12 @@ from typing import Any
 
 import apsw
 
-from replidb.errors import BadRequest, ConstraintError, Error, InternalError, SQLError
+from replidb.errors import BadRequest, Conflict, ConstraintError, Error, InternalError, SQLError
 from replidb.storage import ddl_undo
 from replidb.storage.rowid_guard import add_autoincrement, split_sql
 from replidb.stream.changeset import iter_changeset
 from replidb.stream.logical import DDL, Changes, Segment
-from replidb.transport.wire import Statement, StatementResult
+from replidb.transport.wire import Statement, StatementResult, results_digest
 
 __all__ = [
     "INTERNAL_TABLES",
@@ -116,6 +116,11 @@ class _Guard:
         return apsw.SQLITE_OK
 
 
+# (The row id check above covers nearly every INSERT; this covers one that re-inserts
+# the connection's previous row id.)
+_INSERTS = re.compile(r"\s*(?:WITH\b.*?\)\s*)?(?:INSERT|REPLACE)\b", re.IGNORECASE | re.DOTALL)
+
+
 def install_guard(conn: apsw.Connection) -> _Guard:
     guard = _Guard()
     conn.authorizer = guard
@@ -175,6 +180,7 @@ def run_statements(
 
             cursor.exec_trace = trace
         before = conn.total_changes()
+        rowid_before = conn.last_insert_rowid()
         cursor.execute(statement.sql, _params(statement))
         columns: list[str] = []
         rows: list[list[Any]] = []
@@ -185,12 +191,17 @@ def run_statements(
         for row in cursor:
             rows.append(list(row))
         changed = conn.total_changes() - before
+        # A row id only for a statement that inserted one: SQLite keeps the connection's
+        # last one across UPDATEs and DELETEs, which would make the same transaction's
+        # results differ from one connection (and one leader) to the next.
+        rowid = conn.last_insert_rowid()
+        inserted = changed and (rowid != rowid_before or _INSERTS.match(statement.sql))
         results.append(
             StatementResult(
                 columns=columns,
                 rows=rows,
                 rowcount=conn.changes() if changed else (len(rows) if columns else -1),
-                lastrowid=conn.last_insert_rowid() if changed else None,
+                lastrowid=rowid if inserted else None,
             )
         )
     return results
@@ -212,6 +223,16 @@ def run_read(
     finally:
         guard.user = False
         conn.execute("ROLLBACK")
+
+
+def check_expected(results: Sequence[StatementResult], expect: str, count: int) -> None:
+    """An interactive transaction's commit: its first ``count`` statements must give
+    the results its client saw (``expect``), or nothing is applied."""
+    if expect and results_digest(results[:count]) != expect:
+        raise Conflict(
+            "the transaction's reads changed before it committed (a concurrent write, or "
+            "a non-deterministic function): nothing was applied; run it again"
+        )
 
 
 def changes_data(segments: Sequence[Segment]) -> bool:

@@ -62,6 +62,7 @@ from replidb.storage import physical_snapshot, sessions
 from replidb.storage.executor import (
     capture_changes,
     changes_data,
+    check_expected,
     install_guard,
     run_read,
     translate,
@@ -452,6 +453,8 @@ class PhysicalStore(NodeLogTables):
         client_id: str = "",
         seq: int = 0,
         dry_run: bool = False,
+        expect: str = "",
+        expect_count: int = 0,
     ) -> WriteOutcome:
         """Run a client transaction; if it changed anything, log its pages at
         ``(term, index)`` and mark it applied, durably, before returning."""
@@ -475,6 +478,7 @@ class PhysicalStore(NodeLogTables):
                     sessions.remember_result(conn, client_id, seq, results, index)
 
             results, segments = capture_changes(conn, statements, self._writer_guard, remember)
+            check_expected(results, expect, expect_count)
             if dry_run or not changes_data(segments):
                 return WriteOutcome(results, None)
             self._wal_frames = None

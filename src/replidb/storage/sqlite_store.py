@@ -45,6 +45,7 @@ from replidb.storage.determinism import DeterministicWriter
 from replidb.storage.executor import (
     capture_changes,
     changes_data,
+    check_expected,
     install_guard,
     run_read,
     translate,
@@ -320,6 +321,8 @@ class SQLiteStore(NodeLogTables):
         client_id: str = "",
         seq: int = 0,
         dry_run: bool = False,
+        expect: str = "",
+        expect_count: int = 0,
     ) -> WriteOutcome:
         """Run a client transaction; if it changed anything, append its record at
         ``(term, index)`` and mark it applied, all in one durable transaction."""
@@ -355,6 +358,7 @@ class SQLiteStore(NodeLogTables):
                 results, segments = capture_changes(
                     conn, statements, self._writer_guard, remember, self.full_images
                 )
+                check_expected(results, expect, expect_count)
                 counters = autoincrement_counters(conn) if context else {}
             finally:
                 if self._deterministic is not None:
@@ -379,7 +383,11 @@ class SQLiteStore(NodeLogTables):
                 ]
                 self._keep_undo(index, segments)
             data = encode_record(
-                WriteRecord(logged, schema_version=int(schema[0]) if schema else 0)
+                WriteRecord(
+                    logged,
+                    schema_version=int(schema[0]) if schema else 0,
+                    commit_ms=int(self._clock() * 1000),
+                )
             )
             needs_commit = leased
             conn.execute(

@@ -100,6 +100,9 @@ class WriteRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     segments: list[Segment]
     version: int = FORMAT_VERSION
     schema_version: int = 0  # the leader's PRAGMA schema_version after this write
+    # When the leader committed it (ms since the epoch, its clock; 0: not recorded).
+    # Added within version 1: older readers ignore it, older records lack it.
+    commit_ms: int = 0
 
 
 @dataclass(frozen=True)

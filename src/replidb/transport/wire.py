@@ -7,6 +7,8 @@ reader fills them in. Tags never change meaning.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -21,7 +23,10 @@ from replidb.core.messages import (
 )
 
 __all__ = [
+    "ChangeEvent",
     "ChangeMembership",
+    "ChangesBatch",
+    "ChangesRequest",
     "Execute",
     "ExecuteReply",
     "Forward",
@@ -40,6 +45,7 @@ __all__ = [
     "TransferReply",
     "decode",
     "encode",
+    "results_digest",
 ]
 
 Value = None | int | float | str | bytes
@@ -73,6 +79,11 @@ class Execute(msgspec.Struct, frozen=True, tag="execute"):
     sync: str = ""  # this transaction's commit policy; "" = the cluster's
     min_position: int = 0  # consistency "session": serve only once this index is applied
     term: int = 0  # the highest term this client has seen (fencing of stale leaders)
+    # An interactive transaction's commit: the results of its first ``expect_count``
+    # statements, as the client saw them (results_digest). The leader commits only if
+    # running them now gives the same, else Conflict (client/connection.py).
+    expect: str = ""
+    expect_count: int = 0
 
 
 class StatementResult(msgspec.Struct, frozen=True, array_like=True):
@@ -194,6 +205,62 @@ class SnapshotChunk(msgspec.Struct, frozen=True, tag="snapshot_chunk"):
     membership: str = ""  # hex: the membership in force at ``index`` (core/membership.py)
 
 
+class ChangesRequest(msgspec.Struct, frozen=True, tag="changes"):
+    """Open a change stream (node/changes.py) after the positions ``known`` (the
+    consumer's unconfirmed window, ``(index, term)``; term 0: do not check), or at
+    index ``start`` if given; only ``tables`` if given; ``follow``: keep streaming."""
+
+    id: int
+    known: list[tuple[int, int]] = []
+    start: int = 0
+    tables: list[str] = []
+    follow: bool = False
+
+
+class ChangeEvent(msgspec.Struct, frozen=True, array_like=True):
+    op: str  # c (create), u (update), d (delete)
+    table: str
+    key: dict[str, Any]
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    node: str  # the node that streamed it
+    term: int
+    index: int  # the log position of its transaction
+    seq: int  # its place in that transaction
+    ts_ms: int  # when the leader committed the transaction (0: not recorded)
+
+    def envelope(self) -> dict[str, Any]:
+        """The Debezium-style JSON envelope ``replidb changes`` prints."""
+        return {
+            "op": self.op,
+            "before": self.before,
+            "after": self.after,
+            "source": {
+                "node": self.node,
+                "table": self.table,
+                "term": self.term,
+                "index": self.index,
+                "seq": self.seq,
+                "position": f"{self.term}:{self.index}",
+            },
+            "ts_ms": self.ts_ms,
+            "transaction": {"id": f"{self.term}:{self.index}", "order": self.seq},
+        }
+
+
+class ChangesBatch(msgspec.Struct, frozen=True, tag="changes_batch"):
+    """Events in log order; ``commit``: the node's commit index (events at or below
+    it will never be retracted); ``resume_from``: the consumer's events from this index
+    on are not in this node's history — retract them; ``end``: the stream is over."""
+
+    id: int
+    events: list[ChangeEvent] = []
+    commit: int = 0
+    resume_from: int = 0
+    end: bool = False
+    error: str | None = None
+
+
 class ChangeMembership(msgspec.Struct, frozen=True, tag="change_membership"):
     """Ask the leader for one membership change: ``op`` is ``add-learner`` (``node``
     at ``address``), ``promote`` (a caught-up learner becomes a voter) or ``remove``.
@@ -229,6 +296,8 @@ Message = (
     | SnapshotChunk
     | ChangeMembership
     | MembershipReply
+    | ChangesRequest
+    | ChangesBatch
     | SnapshotOffer
     | TimeoutNow
     | VoteRequest
@@ -239,6 +308,12 @@ Message = (
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+
+
+def results_digest(results: Sequence[StatementResult]) -> str:
+    """A digest of statement results (columns, rows, counts, row ids): equal results
+    give equal digests on the client and on the server."""
+    return hashlib.sha256(_encoder.encode(list(results))).hexdigest()
 
 
 def encode(message: Message) -> bytes:

@@ -98,6 +98,7 @@ def test_top_level_api() -> None:
     for module_name in (
         "client",
         "sqla",
+        "loadgen",
         "errors",
         "cli",
         "core",

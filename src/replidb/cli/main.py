@@ -22,6 +22,7 @@ cli.add_command(cluster)
 def _add_optional_commands() -> None:
     from replidb.cli.admin_cmd import join_command, remove_command, transfer_leader_command
     from replidb.cli.backup_cmd import backup_command, restore_command
+    from replidb.cli.bench_cmd import bench_command
     from replidb.cli.changes_cmd import changes_command
     from replidb.cli.discarded_cmd import discarded
     from replidb.cli.explain_cmd import explain_replication
@@ -41,6 +42,7 @@ def _add_optional_commands() -> None:
         backup_command,
         restore_command,
         changes_command,
+        bench_command,
     )
     for command in commands:
         cli.add_command(command)

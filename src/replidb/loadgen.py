@@ -1,0 +1,252 @@
+"""A closed-loop load generator: ``replidb bench`` (issue #7).
+
+``concurrency`` clients each send one request, wait for its answer, and send the next,
+for ``duration`` seconds (after a short warm-up that is not measured). Workloads:
+
+- ``insert``: single-row inserts of ~100-byte values, one per transaction;
+- ``batch``: 100 rows per transaction;
+- ``read-mix``: 90% point reads (at the connection's consistency), 10% inserts;
+- ``hot-update``: updates of a few (16) rows, so writers collide on the same rows.
+
+Reported: operations/s (writes and reads apart), latency p50/p99/max per operation,
+and follower lag: every 200 ms a probe writes a marker row and times how long until
+each follower has it (``any`` reads straight at the follower), p99 over all samples.
+Each client is a thread with its own connection; the clients spend their time waiting
+on sockets, which releases the GIL, so one process drives dozens of them.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import replidb
+from replidb.client import Client
+from replidb.errors import Error
+from replidb.transport.wire import Statement
+
+__all__ = ["WORKLOADS", "BenchResult", "run_bench"]
+
+WORKLOADS = ("insert", "batch", "read-mix", "hot-update")
+_VALUE = "x" * 100
+_HOT_ROWS = 16
+_WARMUP_S = 1.0
+_PROBE_S = 0.2
+
+
+@dataclass
+class BenchResult:
+    workload: str
+    concurrency: int
+    duration_s: float
+    writes: int
+    reads: int
+    errors: int
+    writes_per_s: float
+    reads_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    follower_lag_p99_ms: float | None
+    lag_samples: int
+    policy: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _setup(addresses: str, workload: str) -> None:
+    conn = replidb.connect(addresses, autocommit=True, timeout=30.0)
+    conn.execute("CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, client INTEGER, v TEXT)")
+    conn.execute("CREATE TABLE IF NOT EXISTS bench_probe(id INTEGER PRIMARY KEY, at REAL)")
+    if workload == "hot-update":
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_hot(id INTEGER PRIMARY KEY, n INTEGER)")
+        conn.executemany(
+            "INSERT OR IGNORE INTO bench_hot VALUES (?, 0)", [(i,) for i in range(_HOT_ROWS)]
+        )
+    if workload == "read-mix":
+        conn.executemany(
+            "INSERT INTO bench(client, v) VALUES (-1, ?)", [(_VALUE,) for _ in range(1000)]
+        )
+    conn.close()
+
+
+class _Worker(threading.Thread):
+    def __init__(
+        self, number: int, addresses: str, workload: str, stop: threading.Event, sync: str
+    ) -> None:
+        super().__init__(daemon=True)
+        self.number = number
+        self.workload = workload
+        self.stop = stop
+        self.conn = replidb.connect(addresses, autocommit=True, timeout=10.0, sync=sync or None)
+        self.rng = random.Random(number)
+        self.latencies: list[tuple[float, float, bool]] = []  # (started, seconds, write)
+        self.errors = 0
+
+    def run(self) -> None:
+        cursor = self.conn.cursor()
+        while not self.stop.is_set():
+            write, action = self._next(cursor)
+            started = time.monotonic()
+            try:
+                action()
+            except Error:
+                self.errors += 1
+                continue
+            self.latencies.append((started, time.monotonic() - started, write))
+        self.conn.close()
+
+    def _next(self, cursor: replidb.Cursor) -> tuple[bool, Callable[[], object]]:
+        if self.workload == "insert":
+            return True, lambda: cursor.execute(
+                "INSERT INTO bench(client, v) VALUES (?, ?)", (self.number, _VALUE)
+            )
+        if self.workload == "batch":
+            rows = [(self.number, _VALUE)] * 100
+            return True, lambda: cursor.executemany(
+                "INSERT INTO bench(client, v) VALUES (?, ?)", rows
+            )
+        if self.workload == "hot-update":
+            row = self.rng.randrange(_HOT_ROWS)
+            return True, lambda: cursor.execute(
+                "UPDATE bench_hot SET n = n + 1 WHERE id = ?", (row,)
+            )
+        if self.rng.random() < 0.9:  # read-mix
+            key = self.rng.randrange(1, 1001)
+            return False, lambda: cursor.execute(
+                "SELECT v FROM bench WHERE id = ?", (key,)
+            ).fetchall()
+        return True, lambda: cursor.execute(
+            "INSERT INTO bench(client, v) VALUES (?, ?)", (self.number, _VALUE)
+        )
+
+
+class _LagProbe(threading.Thread):
+    """Writes a marker every 200 ms and times its arrival on each follower."""
+
+    def __init__(self, addresses: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses
+        self.stop = stop
+        self.samples: list[float] = []
+
+    def run(self) -> None:
+        try:
+            status = Client(self.addresses, timeout=10.0).status()
+        except Error:
+            return
+        leader = status.leader_address
+        followers = [
+            a for n, a in {status.id: status.address, **status.peers}.items() if n != status.leader
+        ]
+        if not leader or not followers:
+            return
+        writer = replidb.connect(leader, autocommit=True, timeout=10.0)
+        readers = [Client(f, timeout=5.0, consistency="any") for f in followers]
+        try:
+            while not self.stop.wait(_PROBE_S):
+                try:
+                    cursor = writer.execute(
+                        "INSERT INTO bench_probe(at) VALUES (?)", (time.time(),)
+                    )
+                    written = time.monotonic()
+                    probe_id = cursor.lastrowid
+                except Error:
+                    continue
+                if probe_id is None:
+                    continue
+                for reader in readers:
+                    self._time_arrival(reader, probe_id, written)
+        finally:
+            writer.close()
+            for reader in readers:
+                reader.close()
+
+    def _time_arrival(self, reader: Client, probe_id: int, written: float) -> None:
+        query = [Statement("SELECT 1 FROM bench_probe WHERE id = ?", [probe_id])]
+        while not self.stop.is_set() and time.monotonic() - written < 5.0:
+            try:
+                if reader.execute(query, write=False)[0].rows:
+                    self.samples.append(time.monotonic() - written)
+                    return
+            except Error:
+                return
+            time.sleep(0.001)
+
+
+def run_bench(
+    addresses: str,
+    workload: str = "insert",
+    concurrency: int = 8,
+    duration: float = 10.0,
+    sync: str = "",
+    progress: Callable[[float, int], None] | None = None,
+) -> BenchResult:
+    """Run one closed-loop benchmark against a running cluster."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}: choose {', '.join(WORKLOADS)}")
+    _setup(addresses, workload)
+    stop = threading.Event()
+    workers = [_Worker(i, addresses, workload, stop, sync) for i in range(concurrency)]
+    probe = _LagProbe(addresses, stop)
+    for worker in workers:
+        worker.start()
+    started = time.monotonic()
+    measure_from = started + _WARMUP_S
+    probe_started = False
+    end = measure_from + duration
+    while (now := time.monotonic()) < end:
+        if not probe_started and now >= measure_from:
+            probe.start()
+            probe_started = True
+        if progress is not None:
+            done = sum(len(w.latencies) for w in workers)
+            progress(max(0.0, now - measure_from), done)
+        time.sleep(0.1)
+    stop.set()
+    for worker in workers:
+        worker.join(15)
+    if probe_started:
+        probe.join(15)
+    measured = [
+        (seconds, write)
+        for w in workers
+        for began, seconds, write in w.latencies
+        if measure_from <= began < end
+    ]
+    latencies_ms = [seconds * 1000 for seconds, _ in measured]
+    writes = sum(1 for _, write in measured if write)
+    reads = len(measured) - writes
+    rows = writes * (100 if workload == "batch" else 1)
+    lag = probe.samples
+    return BenchResult(
+        workload=workload,
+        concurrency=concurrency,
+        duration_s=duration,
+        writes=writes,
+        reads=reads,
+        errors=sum(w.errors for w in workers),
+        writes_per_s=round(writes / duration, 1),
+        reads_per_s=round(reads / duration, 1),
+        rows_per_s=round(rows / duration, 1),
+        p50_ms=round(statistics.median(latencies_ms), 3) if latencies_ms else 0.0,
+        p99_ms=round(_percentile(latencies_ms, 0.99), 3),
+        max_ms=round(max(latencies_ms, default=0.0), 3),
+        follower_lag_p99_ms=round(_percentile(lag, 0.99) * 1000, 3) if lag else None,
+        lag_samples=len(lag),
+        policy=sync,
+    )

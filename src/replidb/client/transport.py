@@ -394,6 +394,11 @@ class Client:
                     self.last_address = address
                     if not from_hint:
                         self._current = index
+                    if to_leader and isinstance(reply, wire.ExecuteReply):
+                        # A node that forwarded the write names the leader: go there next.
+                        forwarded_to = reply.leader_address
+                        if forwarded_to and forwarded_to != address:
+                            self._leader_hint = forwarded_to
                     return reply
                 error = _reply_error(reply)
                 if write and error.kind == "outcome_unknown":

@@ -796,7 +796,10 @@ class Node:
             raise OutcomeUnknown(f"leader {leader} did not answer the forwarded write") from None
         finally:
             self._forwards.pop(forward_id, None)
-        return msgspec.structs.replace(reply, id=request.id)
+        # Tell the client where the leader is, so that its next write goes straight
+        # there instead of through us (a hop and a follower's CPU per write).
+        leader_address = reply.leader_address or self._address_of(leader)
+        return msgspec.structs.replace(reply, id=request.id, leader_address=leader_address)
 
     # ---- status ----------------------------------------------------------------
 

@@ -23,14 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import replidb
 from replidb.client import Client
 from replidb.errors import Error
-from replidb.transport.wire import Statement
 
-__all__ = ["WORKLOADS", "BenchResult", "run_bench"]
+__all__ = ["WORKLOADS", "BenchResult", "ReplidbTarget", "Target", "run_bench"]
 
 WORKLOADS = ("insert", "batch", "read-mix", "hot-update")
 _VALUE = "x" * 100
@@ -68,34 +67,91 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _setup(addresses: str, workload: str) -> None:
-    conn = replidb.connect(addresses, autocommit=True, timeout=30.0)
-    conn.execute("CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, client INTEGER, v TEXT)")
-    conn.execute("CREATE TABLE IF NOT EXISTS bench_probe(id INTEGER PRIMARY KEY, at REAL)")
-    if workload == "hot-update":
-        conn.execute("CREATE TABLE IF NOT EXISTS bench_hot(id INTEGER PRIMARY KEY, n INTEGER)")
-        conn.executemany(
-            "INSERT OR IGNORE INTO bench_hot VALUES (?, 0)", [(i,) for i in range(_HOT_ROWS)]
+class Target(Protocol):
+    """What the generator loads: replidb here, a peer (bench/peers/) elsewhere. The
+    workloads' SQL is written with ``?`` and the generic ``ID_COLUMN``; a target says
+    how its driver spells them."""
+
+    placeholder: str  # "?" (qmark) or "%s" (format)
+    id_column: str  # an auto-numbered integer key column
+    errors: tuple[type[BaseException], ...]  # what a failed request raises
+
+    def connect(self) -> Any:
+        """A DB-API connection in autocommit mode, to where writes go."""
+        ...
+
+    def replica_readers(self) -> list[Any]:
+        """One connection per follower, reading that follower's own data."""
+        ...
+
+
+class ReplidbTarget:
+    placeholder = "?"
+    id_column = "INTEGER PRIMARY KEY"
+    errors: tuple[type[BaseException], ...] = (Error,)
+
+    def __init__(self, addresses: str, sync: str = "") -> None:
+        self.addresses = addresses
+        self.sync = sync
+
+    def connect(self) -> Any:
+        return replidb.connect(
+            self.addresses, autocommit=True, timeout=10.0, sync=self.sync or None
         )
+
+    def replica_readers(self) -> list[Any]:
+        status = Client(self.addresses, timeout=10.0).status()
+        members = {status.id: status.address, **status.peers}
+        return [
+            replidb.connect(address, consistency="any", autocommit=True, timeout=5.0)
+            for node, address in sorted(members.items())
+            if node != status.leader
+        ]
+
+
+def _sql(target: Target, text: str) -> str:
+    return text.replace("ID_COLUMN", target.id_column).replace("?", target.placeholder)
+
+
+def _setup(target: Target, workload: str) -> None:
+    conn = target.connect()
+    cur = conn.cursor()
+    cur.execute(
+        _sql(target, "CREATE TABLE IF NOT EXISTS bench(id ID_COLUMN, client INTEGER, v TEXT)")
+    )
+    cur.execute(_sql(target, "CREATE TABLE IF NOT EXISTS bench_probe(id ID_COLUMN, at REAL)"))
+    if workload == "hot-update":
+        cur.execute(
+            _sql(target, "CREATE TABLE IF NOT EXISTS bench_hot(id INTEGER PRIMARY KEY, n INTEGER)")
+        )
+        for i in range(_HOT_ROWS):
+            cur.execute(
+                _sql(target, "INSERT INTO bench_hot(id, n) SELECT ?, 0 "
+                     "WHERE NOT EXISTS (SELECT 1 FROM bench_hot WHERE id = ?)"),
+                (i, i),
+            )  # fmt: skip
     if workload == "read-mix":
-        conn.executemany(
-            "INSERT INTO bench(client, v) VALUES (-1, ?)", [(_VALUE,) for _ in range(1000)]
+        cur.executemany(
+            _sql(target, "INSERT INTO bench(client, v) VALUES (-1, ?)"),
+            [(_VALUE,) for _ in range(1000)],
         )
     conn.close()
 
 
 class _Worker(threading.Thread):
-    def __init__(
-        self, number: int, addresses: str, workload: str, stop: threading.Event, sync: str
-    ) -> None:
+    def __init__(self, number: int, target: Target, workload: str, stop: threading.Event) -> None:
         super().__init__(daemon=True)
         self.number = number
         self.workload = workload
         self.stop = stop
-        self.conn = replidb.connect(addresses, autocommit=True, timeout=10.0, sync=sync or None)
+        self.target = target
+        self.conn = target.connect()
         self.rng = random.Random(number)
         self.latencies: list[tuple[float, float, bool]] = []  # (started, seconds, write)
         self.errors = 0
+        self.insert = _sql(target, "INSERT INTO bench(client, v) VALUES (?, ?)")
+        self.update = _sql(target, "UPDATE bench_hot SET n = n + 1 WHERE id = ?")
+        self.read = _sql(target, "SELECT v FROM bench WHERE id = ?")
 
     def run(self) -> None:
         cursor = self.conn.cursor()
@@ -104,105 +160,92 @@ class _Worker(threading.Thread):
             started = time.monotonic()
             try:
                 action()
-            except Error:
+            except self.target.errors:
                 self.errors += 1
                 continue
             self.latencies.append((started, time.monotonic() - started, write))
         self.conn.close()
 
-    def _next(self, cursor: replidb.Cursor) -> tuple[bool, Callable[[], object]]:
+    def _next(self, cursor: Any) -> tuple[bool, Callable[[], object]]:
         if self.workload == "insert":
-            return True, lambda: cursor.execute(
-                "INSERT INTO bench(client, v) VALUES (?, ?)", (self.number, _VALUE)
-            )
+            return True, lambda: cursor.execute(self.insert, (self.number, _VALUE))
         if self.workload == "batch":
             rows = [(self.number, _VALUE)] * 100
-            return True, lambda: cursor.executemany(
-                "INSERT INTO bench(client, v) VALUES (?, ?)", rows
-            )
+            return True, lambda: cursor.executemany(self.insert, rows)
         if self.workload == "hot-update":
             row = self.rng.randrange(_HOT_ROWS)
-            return True, lambda: cursor.execute(
-                "UPDATE bench_hot SET n = n + 1 WHERE id = ?", (row,)
-            )
+            return True, lambda: cursor.execute(self.update, (row,))
         if self.rng.random() < 0.9:  # read-mix
             key = self.rng.randrange(1, 1001)
-            return False, lambda: cursor.execute(
-                "SELECT v FROM bench WHERE id = ?", (key,)
-            ).fetchall()
-        return True, lambda: cursor.execute(
-            "INSERT INTO bench(client, v) VALUES (?, ?)", (self.number, _VALUE)
-        )
+            return False, lambda: (cursor.execute(self.read, (key,)), cursor.fetchall())
+        return True, lambda: cursor.execute(self.insert, (self.number, _VALUE))
 
 
 class _LagProbe(threading.Thread):
     """Writes a marker every 200 ms and times its arrival on each follower."""
 
-    def __init__(self, addresses: str, stop: threading.Event) -> None:
+    def __init__(self, target: Target, stop: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.addresses = addresses
+        self.target = target
         self.stop = stop
         self.samples: list[float] = []
 
     def run(self) -> None:
         try:
-            status = Client(self.addresses, timeout=10.0).status()
-        except Error:
+            readers = self.target.replica_readers()
+            writer = self.target.connect()
+        except self.target.errors:
             return
-        leader = status.leader_address
-        followers = [
-            a for n, a in {status.id: status.address, **status.peers}.items() if n != status.leader
-        ]
-        if not leader or not followers:
-            return
-        writer = replidb.connect(leader, autocommit=True, timeout=10.0)
-        readers = [Client(f, timeout=5.0, consistency="any") for f in followers]
+        insert = _sql(self.target, "INSERT INTO bench_probe(at) VALUES (?) RETURNING id")
+        check = _sql(self.target, "SELECT 1 FROM bench_probe WHERE id = ?")
         try:
             while not self.stop.wait(_PROBE_S):
                 try:
-                    cursor = writer.execute(
-                        "INSERT INTO bench_probe(at) VALUES (?)", (time.time(),)
-                    )
+                    cursor = writer.cursor()
+                    cursor.execute(insert, (time.time(),))
+                    row = cursor.fetchone()
                     written = time.monotonic()
-                    probe_id = cursor.lastrowid
-                except Error:
+                except self.target.errors:
                     continue
-                if probe_id is None:
+                if row is None:
                     continue
                 for reader in readers:
-                    self._time_arrival(reader, probe_id, written)
+                    self._time_arrival(reader, check, int(row[0]), written)
         finally:
             writer.close()
             for reader in readers:
                 reader.close()
 
-    def _time_arrival(self, reader: Client, probe_id: int, written: float) -> None:
-        query = [Statement("SELECT 1 FROM bench_probe WHERE id = ?", [probe_id])]
+    def _time_arrival(self, reader: Any, check: str, probe_id: int, written: float) -> None:
+        cursor = reader.cursor()
         while not self.stop.is_set() and time.monotonic() - written < 5.0:
             try:
-                if reader.execute(query, write=False)[0].rows:
+                cursor.execute(check, (probe_id,))
+                if cursor.fetchall():
                     self.samples.append(time.monotonic() - written)
                     return
-            except Error:
+            except self.target.errors:
                 return
             time.sleep(0.001)
 
 
 def run_bench(
-    addresses: str,
+    addresses: str | Target,
     workload: str = "insert",
     concurrency: int = 8,
     duration: float = 10.0,
     sync: str = "",
     progress: Callable[[float, int], None] | None = None,
 ) -> BenchResult:
-    """Run one closed-loop benchmark against a running cluster."""
+    """Run one closed-loop benchmark against a running replidb cluster (``addresses``,
+    writing under ``sync``) or any other ``Target``."""
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}: choose {', '.join(WORKLOADS)}")
-    _setup(addresses, workload)
+    target = ReplidbTarget(addresses, sync) if isinstance(addresses, str) else addresses
+    _setup(target, workload)
     stop = threading.Event()
-    workers = [_Worker(i, addresses, workload, stop, sync) for i in range(concurrency)]
-    probe = _LagProbe(addresses, stop)
+    workers = [_Worker(i, target, workload, stop) for i in range(concurrency)]
+    probe = _LagProbe(target, stop)
     for worker in workers:
         worker.start()
     started = time.monotonic()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 from postgres import postgres_cluster
-from report import write_section
+from report import publish
 
 from replidb.loadgen import BenchResult, run_bench
 from replidb.testing.local_cluster import LocalCluster
@@ -98,10 +98,7 @@ def main() -> int:
             f"| {policy} | {peer} | {clients} | {a:,.0f} | {b:,.0f} | **{ratio:.2f}** "
             f"| {p50_a:.2f} / {p50_b:.2f} | {lag_a:.1f} / {lag_b:.1f} |"
         )
-    section = "\n".join(lines)
-    print(section)
-    if args.write:
-        write_section(args.write, "compare", section)
+    publish("\n".join(lines), args.write, "compare")
     return 0
 
 

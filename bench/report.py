@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def publish(section: str, path: Path | None, name: str) -> None:
+    """Print ``section``, and write it into ``path`` (docs/benchmarks.md) if given."""
+    print(section)
+    if path is not None:
+        write_section(path, name, section)
+
+
 def write_section(path: Path, name: str, section: str) -> None:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     section = f"{begin}\n{section.rstrip()}\n{end}\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import write_section
+from report import publish
 
 BIN = Path(sys.executable).parent
 RUNS = [  # (workload, clients, policy)
@@ -84,14 +84,10 @@ def main() -> int:
         )
         + ".",
         "",
-        "Not yet compared with PostgreSQL, Redis and etcd on this machine (issue #7); the "
-        "issue's reference figures for PostgreSQL are ~3,500-3,800 writes/s async and "
-        "~3,000-3,750 synchronous at 64 clients.",
+        "Compared with PostgreSQL on the same machine: the next section "
+        "(`bench/compare.py`); Redis and etcd are not measured yet.",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if args.write:
-        write_section(args.write, "throughput", section)
+    publish("\n".join(lines), args.write, "throughput")
     return 0
 
 

@@ -551,12 +551,17 @@ def test_an_interrupted_fetch_resumes_where_it_stopped(
 
     async def run() -> SnapshotInfo:
         cut = False
+        resumed = asyncio.Event()
 
         async def stop_after_five(fetch: wire.SnapshotFetch, answered: int) -> bool:
             nonlocal cut
             if how == "server closes" and answered == 5 and not cut:
                 cut = True  # once: the second connection is served to the end
                 return False
+            if how == "task cancelled" and answered >= 5:
+                # Hold the sixth chunk until the first fetch was cancelled: without
+                # this it sometimes finished first (a CI run failed that way).
+                await resumed.wait()
             return True
 
         server, address = await _serve(source, stop_after_five)
@@ -571,6 +576,7 @@ def test_an_interrupted_fetch_resumes_where_it_stopped(
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
+                resumed.set()
             assert first.progress == ""
             saved = json.loads((directory / "snapshot.partial.json").read_text())
             assert saved["offset"] >= 5 * CHUNK

@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,22 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from postgres import postgres_cluster
 from report import publish
 
-from replidb.loadgen import BenchResult, run_bench
-from replidb.testing.local_cluster import LocalCluster
+from replidb.loadgen import BenchResult, local_cluster, run_bench
 
 PAIRS = [("quorum", True), ("async", False)]  # (replidb policy, PostgreSQL synchronous)
 CLIENTS = (1, 64)
 
 
 def replidb_run(policy: str, clients: int, duration: float) -> BenchResult:
-    with tempfile.TemporaryDirectory(prefix="replidb-compare-") as tmp:
-        cluster = LocalCluster(Path(tmp), nodes=3, extra=("--sync", policy))
-        cluster.start_all()
-        try:
-            cluster.wait_for_leader(timeout=20)
-            return run_bench(cluster.connect, "insert", clients, duration, policy)
-        finally:
-            cluster.stop_all()
+    with local_cluster(3, policy) as addresses:
+        return run_bench(addresses, "insert", clients, duration, policy)
 
 
 def postgres_run(sync: bool, clients: int, duration: float) -> BenchResult:

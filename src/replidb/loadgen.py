@@ -17,19 +17,22 @@ on sockets, which releases the GIL, so one process drives dozens of them.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import replidb
 from replidb.client import Client
 from replidb.errors import Error
 
-__all__ = ["WORKLOADS", "BenchResult", "ReplidbTarget", "Target", "run_bench"]
+__all__ = ["WORKLOADS", "BenchResult", "ReplidbTarget", "Target", "local_cluster", "run_bench"]
 
 WORKLOADS = ("insert", "batch", "read-mix", "hot-update")
 _VALUE = "x" * 100
@@ -58,6 +61,24 @@ class BenchResult:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextlib.contextmanager
+def local_cluster(nodes: int, sync: str = "", stream: str = "logical") -> Iterator[str]:
+    """A throwaway cluster of ``nodes`` processes on loopback, with a leader; yields its
+    address list, and stops every process it started."""
+    from replidb.testing.local_cluster import LocalCluster
+
+    with tempfile.TemporaryDirectory(prefix="replidb-bench-") as tmp:
+        cluster = LocalCluster(
+            Path(tmp), nodes=nodes, extra=("--sync", sync or "async", "--stream", stream)
+        )
+        cluster.start_all()
+        try:
+            cluster.wait_for_leader(timeout=20)
+            yield cluster.connect
+        finally:
+            cluster.stop_all()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

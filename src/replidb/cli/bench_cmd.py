@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -16,26 +13,9 @@ from rich.table import Table
 
 from replidb.cli.options import fail
 from replidb.errors import Error
-from replidb.loadgen import WORKLOADS, BenchResult, run_bench
+from replidb.loadgen import WORKLOADS, BenchResult, local_cluster, run_bench
 
 __all__ = ["bench_command"]
-
-
-@contextlib.contextmanager
-def _local_cluster(nodes: int, sync: str, stream: str) -> Iterator[str]:
-    """A throwaway cluster of ``nodes`` processes on loopback; every process stopped."""
-    from replidb.testing.local_cluster import LocalCluster
-
-    with tempfile.TemporaryDirectory(prefix="replidb-bench-") as tmp:
-        cluster = LocalCluster(
-            Path(tmp), nodes=nodes, extra=("--sync", sync or "async", "--stream", stream)
-        )
-        cluster.start_all()
-        try:
-            cluster.wait_for_leader(timeout=20)
-            yield cluster.connect
-        finally:
-            cluster.stop_all()
 
 
 def _render(result: BenchResult, target: str) -> None:
@@ -98,7 +78,7 @@ def bench_command(
     try:
         with contextlib.ExitStack() as stack:
             if local is not None:
-                addresses = stack.enter_context(_local_cluster(local, sync, stream))
+                addresses = stack.enter_context(local_cluster(local, sync, stream))
             assert addresses is not None
             progress = stack.enter_context(
                 Progress(

@@ -26,7 +26,7 @@ import itertools
 import math
 from collections import deque
 
-from replidb.core import NotLeaderError, ReadState, Replica
+from replidb.core import NotLeaderError, ReadState, Replica, Role
 from replidb.errors import NotLeader, Unavailable
 
 __all__ = ["ReadGate", "bound_of"]
@@ -67,7 +67,7 @@ class ReadGate:
     def staleness(self, replica: Replica, now: float) -> float:
         """Seconds this node's data may lag the leader's (0 on the leader); ``now``
         is the wall clock."""
-        if replica.role.value == "leader":
+        if replica.role is Role.LEADER:
             return 0.0
         return max(0.0, now - self._fresh_at)
 

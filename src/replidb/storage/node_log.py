@@ -23,7 +23,7 @@ import apsw
 from replidb.core.messages import Entry, EntryKind, HardState
 from replidb.errors import InternalError
 
-__all__ = ["LOG_SCHEMA", "NodeLogTables"]
+__all__ = ["LOG_SCHEMA", "NodeLogTables", "membership_at"]
 
 LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS replidb_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -35,6 +35,20 @@ CREATE TABLE IF NOT EXISTS replidb_discarded(
     changes TEXT NOT NULL, record BLOB NOT NULL, discarded_at TEXT NOT NULL,
     reason TEXT NOT NULL);
 """
+
+
+def membership_at(conn: apsw.Connection, index: int) -> bytes:
+    """The encoded membership in force at ``index`` in the log tables on ``conn``: the
+    newest CONFIG entry at or below it, else the one recorded at the compaction point
+    (b"" if the cluster never changed its membership: the command line's holds)."""
+    # (the literal 2 = EntryKind.CONFIG lets SQLite use the partial index)
+    row = conn.execute(
+        "SELECT data FROM replidb_log WHERE kind = 2 AND idx <= ? ORDER BY idx DESC LIMIT 1",
+        (index,),
+    ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT value FROM replidb_meta WHERE key = 'membership'").fetchone()
+    return bytes(row[0]) if row and isinstance(row[0], bytes) else b""
 
 
 class NodeLogTables:
@@ -97,15 +111,8 @@ class NodeLogTables:
         return out
 
     def membership_at(self, index: int) -> bytes:
-        """The encoded membership in force at ``index`` (b"" if the cluster never
-        changed its membership: the command line's still holds)."""
-        row = self._log_db.execute(
-            "SELECT data FROM replidb_log WHERE kind = 2 AND idx <= ? ORDER BY idx DESC LIMIT 1",
-            (index,),
-        ).fetchone()
-        if row:
-            return bytes(row[0])
-        return bytes(self._meta("membership") or b"")
+        """The encoded membership in force at ``index`` (see ``membership_at``)."""
+        return membership_at(self._log_db, index)
 
     # ---- durable node state ----------------------------------------------------
 

@@ -59,6 +59,7 @@ import apsw
 from replidb.core.messages import EntryKind
 from replidb.errors import InternalError, ProtocolError
 from replidb.storage import snapshot_files
+from replidb.storage.node_log import membership_at
 from replidb.storage.page_io import read_header
 from replidb.storage.snapshot_files import SnapshotInfo
 from replidb.storage.wal_reader import EMPTY_POSITION, WalPosition, pread_exact
@@ -197,16 +198,7 @@ def _read_state(uri: str, committed_index: int | None) -> _State:
         else:
             raise InternalError(f"cannot make a snapshot at {point}: its entry is not logged")
         undo = _undo(conn, point, applied)
-        row = conn.execute(
-            "SELECT data FROM replidb_log WHERE kind = 2 AND idx <= ? ORDER BY idx DESC LIMIT 1",
-            (point,),
-        ).fetchone()
-        base_membership = meta.get("membership")
-        membership = (
-            bytes(row[0])
-            if row
-            else (base_membership if isinstance(base_membership, bytes) else b"")
-        )
+        membership = membership_at(conn, point)
         conn.execute("COMMIT")
     except apsw.Error as exc:
         raise InternalError(f"cannot read the node state for a snapshot: {exc}") from None

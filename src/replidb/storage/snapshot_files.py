@@ -48,6 +48,7 @@ __all__ = [
     "latest_snapshot",
     "prepare_install",
     "prune_snapshots",
+    "remove_database",
     "remove_install_leftovers",
     "replace_database",
     "snapshot_paths",
@@ -289,6 +290,12 @@ def replace_database(db_path: Path) -> None:
     for moved in aside:
         with contextlib.suppress(OSError):
             moved.unlink()
+
+
+def remove_database(db_path: Path) -> None:
+    """Delete a scratch database file and the journal files SQLite may leave beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
 
 
 def remove_install_leftovers(db_path: Path) -> None:

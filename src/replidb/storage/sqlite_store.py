@@ -454,8 +454,7 @@ class SQLiteStore(NodeLogTables):
             finally:
                 copy.close()
         finally:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                raw.with_name(raw.name + suffix).unlink(missing_ok=True)
+            snapshot_files.remove_database(raw)
 
     def install_snapshot(
         self, path: Path, index: int, term: int, committed_index: int, membership: bytes = b""
@@ -473,12 +472,10 @@ class SQLiteStore(NodeLogTables):
             self._build_filtered(path, filtered, index, term)
             return self._install(filtered, index, term, committed_index, membership)
         finally:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                filtered.with_name(filtered.name + suffix).unlink(missing_ok=True)
+            snapshot_files.remove_database(filtered)
 
     def _build_filtered(self, snapshot: Path, dest: Path, index: int, term: int) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            dest.with_name(dest.name + suffix).unlink(missing_ok=True)
+        snapshot_files.remove_database(dest)
         fresh = SQLiteStore(dest, stream=self.stream, subscription=self._subscription_specs)
         try:
             kept = partial_snapshot.fill_from_snapshot(

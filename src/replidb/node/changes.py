@@ -100,11 +100,16 @@ class ChangeFeed:
         self.stream = stream
         self.position = position
         self.log = log
+        # Set (and replaced by a fresh one) whenever the node applies or rolls back: a
+        # stream takes the current one before it looks at the log, so a change between
+        # its look and its wait still wakes it. (One shared event that each stream
+        # cleared could lose a wake-up to another stream's clear.)
         self._moved = asyncio.Event()
 
     def applied(self) -> None:
         """The node applied or rolled back entries: wake the followers of the feed."""
         self._moved.set()
+        self._moved = asyncio.Event()
 
     async def serve(self, request: wire.ChangesRequest, writer: asyncio.StreamWriter) -> None:
         try:
@@ -123,10 +128,14 @@ class ChangeFeed:
         tables = frozenset(t.lower() for t in request.tables)
         store = self.store
         known = sorted((index, term) for index, term in request.known)
-        while (verdict := self._verdict(known)) == "undecided":
+        while True:
+            moved = self._moved
+            verdict = self._verdict(known)
+            if verdict != "undecided":
+                break
             # This node does not hold those positions yet, nor anything committed in
             # their place: wait until it catches up or commits past them.
-            await self._wait_moved()
+            await _wait(moved)
         resume = verdict if isinstance(verdict, int) else None
         first = store.first_index()
         if resume is not None:
@@ -144,6 +153,7 @@ class ChangeFeed:
         header = wire.ChangesBatch(request.id, resume_from=resume or 0)
         writer.write(frame(header))
         while True:
+            moved = self._moved
             applied, commit = self.position()
             # Entries we sent that this node has since rolled back: say so.
             gone = next((i for i, t in sent if store.term(i) != t), None)
@@ -170,19 +180,10 @@ class ChangeFeed:
                 writer.write(frame(wire.ChangesBatch(request.id, commit=commit, end=True)))
                 await writer.drain()
                 return
-            if not await self._wait_moved():
+            if not await _wait(moved):
                 # (a heartbeat: the consumer learns the commit index moved on)
                 writer.write(frame(wire.ChangesBatch(request.id, commit=commit)))
                 await writer.drain()
-
-    async def _wait_moved(self) -> bool:
-        """Wait up to a second for the node to apply or roll back something."""
-        self._moved.clear()
-        try:
-            await asyncio.wait_for(self._moved.wait(), 1.0)
-        except TimeoutError:
-            return False
-        return True
 
     def _verdict(self, known: list[tuple[int, int]]) -> int | str:
         """ "same" if this node's log holds every known position; the first one it
@@ -194,3 +195,12 @@ class ChangeFeed:
                 continue
             return index if index <= commit else "undecided"
         return "same"
+
+
+async def _wait(moved: asyncio.Event) -> bool:
+    """Wait up to a second for ``moved`` (the node applied or rolled back something)."""
+    try:
+        await asyncio.wait_for(moved.wait(), 1.0)
+    except TimeoutError:
+        return False
+    return True

@@ -58,6 +58,7 @@ class BenchResult:
     follower_lag_p99_ms: float | None
     lag_samples: int
     policy: str = ""
+    writes_per_group: float | None = None  # replidb: client writes per leader transaction
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +120,13 @@ class ReplidbTarget:
         return replidb.connect(
             self.addresses, autocommit=True, timeout=10.0, sync=self.sync or None
         )
+
+    def group_commits(self) -> tuple[int, int]:
+        """The leader's (transactions, client writes) so far (node/group_commit.py)."""
+        client = Client(self.addresses, timeout=10.0)
+        leader = client.status().leader_address
+        status = Client(leader, timeout=10.0).status() if leader else client.status()
+        return status.write_groups, status.grouped_writes
 
     def replica_readers(self) -> list[Any]:
         status = Client(self.addresses, timeout=10.0).status()
@@ -264,6 +272,7 @@ def run_bench(
         raise ValueError(f"unknown workload {workload!r}: choose {', '.join(WORKLOADS)}")
     target = ReplidbTarget(addresses, sync) if isinstance(addresses, str) else addresses
     _setup(target, workload)
+    groups_before = target.group_commits() if isinstance(target, ReplidbTarget) else None
     stop = threading.Event()
     workers = [_Worker(i, target, workload, stop) for i in range(concurrency)]
     probe = _LagProbe(target, stop)
@@ -297,6 +306,12 @@ def run_bench(
     reads = len(measured) - writes
     rows = writes * (100 if workload == "batch" else 1)
     lag = probe.samples
+    per_group = None
+    if groups_before is not None and isinstance(target, ReplidbTarget):
+        groups, grouped = (
+            b - a for a, b in zip(groups_before, target.group_commits(), strict=True)
+        )
+        per_group = round(grouped / groups, 2) if groups else None
     return BenchResult(
         workload=workload,
         concurrency=concurrency,
@@ -313,4 +328,5 @@ def run_bench(
         follower_lag_p99_ms=round(_percentile(lag, 0.99) * 1000, 3) if lag else None,
         lag_samples=len(lag),
         policy=sync,
+        writes_per_group=per_group,
     )

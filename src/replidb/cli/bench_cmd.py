@@ -36,6 +36,8 @@ def _render(result: BenchResult, target: str) -> None:
     console.print(table)
     if result.workload == "batch":
         console.print(f"rows/s: {result.rows_per_s:,.0f} (100 per transaction)")
+    if result.writes_per_group:
+        console.print(f"group commit: {result.writes_per_group:.1f} writes per transaction")
     if result.errors:
         console.print(f"[red]{result.errors} request(s) failed[/red]")
 

@@ -113,6 +113,9 @@ def cluster_status(
         "durability": about.durability,
         "degraded": about.degraded,
         "degradations": about.degradations,
+        # group commit on the leader: client writes per SQLite transaction, since it started
+        "write_groups": leader_status.write_groups if leader_status else 0,
+        "grouped_writes": leader_status.grouped_writes if leader_status else 0,
     }
 
 

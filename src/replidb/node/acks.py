@@ -16,8 +16,10 @@ unknown", never "failed" and never "ok".
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from replidb.core import CommitPolicy, Replica, Role
 from replidb.errors import OutcomeUnknown
@@ -27,14 +29,21 @@ __all__ = ["AckTracker"]
 _ASYNC = CommitPolicy("async")
 
 
-@dataclass
+@dataclass(order=True)
 class _Waiter:
     index: int
-    term: int
-    policy: CommitPolicy
-    since: float
-    future: asyncio.Future[None]
-    committed: bool  # must also be on a majority (it raised an id lease), whatever policy
+    number: int  # arrival order: ties on index (a retried write waits with its original)
+    term: int = field(compare=False)
+    since: float = field(compare=False)
+    future: asyncio.Future[None] = field(compare=False)
+
+
+# Waiters are kept apart by what answers them — their policy, and whether they must also
+# be committed (they raised an id lease) — each kind in a heap by log index, so a check
+# looks once per kind at what its policy allows and pops exactly the waiters answered
+# (it used to re-scan every waiter, and ask the replica once per waiter: 20% of a busy
+# leader's time in a profile of 64 clients).
+_Kind = tuple[CommitPolicy, bool]
 
 
 class AckTracker:
@@ -47,7 +56,8 @@ class AckTracker:
         self.degraded = False
         self.degradations = 0
         self._log = log
-        self._waiting: list[_Waiter] = []
+        self._waiting: dict[_Kind, list[_Waiter]] = {}
+        self._numbers = itertools.count()
 
     def wait_for(
         self,
@@ -57,8 +67,11 @@ class AckTracker:
         now: float,
         committed: bool = False,
     ) -> asyncio.Future[None]:
+        """A future answered once the write at ``index`` satisfies ``policy`` (and, if
+        ``committed``, is on a majority too, whatever the policy)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiter(index, term, policy or self.default, now, future, committed))
+        waiter = _Waiter(index, next(self._numbers), term, now, future)
+        heapq.heappush(self._waiting.setdefault((policy or self.default, committed), []), waiter)
         return future
 
     def check(self, replica: Replica, now: float) -> None:
@@ -71,31 +84,28 @@ class AckTracker:
         if replica.role is not Role.LEADER:
             self.fail_all(f"this node is no longer the leader (term {replica.term})")
             return
-        # Degraded, every waiter is held to async; otherwise each to its own policy.
-        acked = {
-            w.policy: replica.acked_for(_ASYNC if self.degraded else w.policy)
-            for w in self._waiting
-        }
-        still: list[_Waiter] = []
-        for waiter in self._waiting:
-            if waiter.future.done():
-                continue
-            if waiter.term != replica.term:
-                waiter.future.set_exception(
-                    OutcomeUnknown("leadership changed while the write waited")
-                )
-            elif waiter.index <= acked[waiter.policy] and (
-                not waiter.committed or waiter.index <= replica.commit_index
-            ):
-                waiter.future.set_result(None)
-            else:
-                still.append(waiter)
-        self._waiting = still
+        for (policy, committed), heap in list(self._waiting.items()):
+            # Degraded, every waiter is held to async; otherwise each to its own policy.
+            acked = replica.acked_for(_ASYNC if self.degraded else policy)
+            if committed:
+                acked = min(acked, replica.commit_index)
+            while heap and heap[0].index <= acked:
+                waiter = heapq.heappop(heap)
+                if waiter.future.done():
+                    continue  # forgotten (timed out)
+                if waiter.term != replica.term:
+                    waiter.future.set_exception(
+                        OutcomeUnknown("leadership changed while the write waited")
+                    )
+                else:
+                    waiter.future.set_result(None)
+            if not heap:
+                del self._waiting[(policy, committed)]
         if (
-            still
+            self._waiting
             and self.on_timeout == "degrade"
             and not self.degraded
-            and any(now - w.since >= self.sync_timeout_s for w in still)
+            and any(now - heap[0].since >= self.sync_timeout_s for heap in self._waiting.values())
         ):
             self.degraded = True
             self.degradations += 1
@@ -112,10 +122,12 @@ class AckTracker:
         return replica.role is Role.LEADER and replica.acked_for(self.default) >= replica.last_index
 
     def forget(self, future: asyncio.Future[None]) -> None:
-        self._waiting = [w for w in self._waiting if w.future is not future]
+        """Its request gave up waiting: it is dropped when its index comes up."""
+        future.cancel()
 
     def fail_all(self, why: str) -> None:
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            if not waiter.future.done():
-                waiter.future.set_exception(OutcomeUnknown(f"write not acknowledged: {why}"))
+        waiting, self._waiting = self._waiting, {}
+        for heap in waiting.values():
+            for waiter in heap:
+                if not waiter.future.done():
+                    waiter.future.set_exception(OutcomeUnknown(f"write not acknowledged: {why}"))

@@ -48,12 +48,14 @@ from replidb.errors import (
 )
 from replidb.node.acks import AckTracker
 from replidb.node.changes import ChangeFeed
+from replidb.node.group_commit import GroupCommit
 from replidb.node.progress import CatchUpReporter
 from replidb.node.reads import ReadGate, bound_of
 from replidb.node.retention import compaction_point
 from replidb.node.snapshots import SnapshotFetcher, SnapshotSource
 from replidb.node.snapshots import answer as answer_fetch
 from replidb.storage import NeedsWrite, open_store
+from replidb.storage.sqlite_store import WriteOutcome, WriteRequest
 from replidb.transport import wire
 from replidb.transport.framing import DEFAULT_MAX_FRAME, frame, read_message
 from replidb.transport.peer import PeerLink, split_address
@@ -164,6 +166,9 @@ class Node:
             log,
         )
         self._floors_term = 0  # the term in which we last raised id floors
+        self._group: GroupCommit[wire.Execute, tuple[WriteOutcome, int, int]] = GroupCommit(
+            self._run_group
+        )
         self.failed: BaseException | None = None
         self.stopped = asyncio.Event()
 
@@ -725,33 +730,15 @@ class Node:
                     f"no reachable leader within {self.config.request_timeout_s}s; retry shortly"
                 )
             await asyncio.sleep(self.config.tick_ms / 1000)
-        term, index = self.replica.term, self.replica.next_index()
-        if request.term > term:
+        if request.term > self.replica.term:
             # Fencing: the client has already seen a newer leader than us.
             raise NotLeader(
-                f"{self.id} is at term {term} but the client has seen term {request.term}"
+                f"{self.id} is at term {self.replica.term} but the client has seen term "
+                f"{request.term}"
             )
         policy = _parse_sync(request.sync)
-        if self._floors_term != term:
-            # Before our first write: allocate above every id the previous leader
-            # could have handed out (storage/rowid_guard.py).
-            raised = self.store.raise_rowid_floors()
-            self._floors_term = term
-            if raised:
-                log.info("raised the id floor of %d table(s) to their leases", raised)
-        outcome = self.store.execute_write(
-            request.statements,
-            term,
-            index,
-            request.client_id,
-            request.seq,
-            request.dry_run,
-            request.expect,
-            request.expect_count,
-        )
-        if outcome.duplicate:
-            index = outcome.index  # a retry: answer once the original is acknowledged
-        elif outcome.data is None:
+        outcome, index, term = await self._group.submit(request)
+        if outcome.data is None and not outcome.duplicate:  # changed nothing (or dry run)
             return wire.ExecuteReply(
                 request.id,
                 outcome.results,
@@ -759,11 +746,6 @@ class Node:
                 term=term,
                 position=self.replica.applied_index,
             )
-        else:
-            entry = self.replica.propose_applied(outcome.data)
-            if entry.index != index:
-                raise InternalError(f"log position moved from {index} to {entry.index}")
-            self.changes.applied()
         future = self.acks.wait_for(
             index, term, policy, time.monotonic(), outcome.needs_commit or outcome.duplicate
         )
@@ -780,6 +762,52 @@ class Node:
         return wire.ExecuteReply(
             request.id, outcome.results, node=self.id, index=index, term=term, position=index
         )
+
+    def _run_group(
+        self, requests: list[wire.Execute]
+    ) -> list[tuple[WriteOutcome, int, int] | Error]:
+        """Execute a group of client writes in one transaction and propose each one
+        that changed something (node/group_commit.py); per request, its outcome with
+        its log index and term, or its error."""
+        replica = self.replica
+        if not replica.can_propose():  # leadership moved while the group waited
+            leader = replica.leader if replica.leader != self.id else None
+            return [
+                NotLeader(
+                    f"{self.id} lost leadership before the write ran", self._address_of(leader)
+                )
+                for _ in requests
+            ]
+        term, first = replica.term, replica.next_index()
+        if self._floors_term != term:
+            # Before our first write: allocate above every id the previous leader
+            # could have handed out (storage/rowid_guard.py).
+            raised = self.store.raise_rowid_floors()
+            self._floors_term = term
+            if raised:
+                log.info("raised the id floor of %d table(s) to their leases", raised)
+        batch = [
+            WriteRequest(r.statements, r.client_id, r.seq, r.dry_run, r.expect, r.expect_count)
+            for r in requests
+        ]
+        results: list[tuple[WriteOutcome, int, int] | Error] = []
+        expected = first
+        for outcome in self.store.execute_batch(batch, term, first):
+            if isinstance(outcome, Error):
+                results.append(outcome)
+                continue
+            index = outcome.index  # (a duplicate: the original's)
+            if outcome.data is not None:
+                index = replica.propose_applied(outcome.data).index
+                if index != expected:
+                    raise InternalError(f"log position moved from {expected} to {index}")
+                expected += 1
+            results.append((outcome, index, term))
+        proposed = expected > first
+        if proposed:
+            self.changes.applied()
+            self._drive()  # one Append per follower for the whole group
+        return results
 
     async def _forward(
         self, request: wire.Execute, leader: str, deadline: float
@@ -842,4 +870,6 @@ class Node:
             voters=list(replica.membership.voters),
             learners=list(replica.membership.learners),
             member=replica.is_member,
+            write_groups=self._group.groups,
+            grouped_writes=self._group.items,
         )

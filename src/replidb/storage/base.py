@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Protocol
 
 from replidb.core.messages import Entry, HardState
+from replidb.errors import Error
 from replidb.storage.migrate import convert_wal_layout, has_wal_layout
 from replidb.storage.physical_store import PhysicalStore
 from replidb.storage.snapshot_files import SnapshotInfo
-from replidb.storage.sqlite_store import SQLiteStore, WriteOutcome
+from replidb.storage.sqlite_store import SQLiteStore, WriteOutcome, WriteRequest
 from replidb.transport.wire import Statement, StatementResult
 
 __all__ = ["STREAMS", "NodeStore", "open_store"]
@@ -50,6 +51,9 @@ class NodeStore(Protocol):
         expect: str = "",
         expect_count: int = 0,
     ) -> WriteOutcome: ...
+    def execute_batch(
+        self, requests: Sequence[WriteRequest], term: int, first_index: int
+    ) -> list[WriteOutcome | Error]: ...
     def raise_rowid_floors(self) -> int: ...
     def log_stats(self) -> tuple[int, int]: ...
     def compact(self, up_to: int) -> int: ...

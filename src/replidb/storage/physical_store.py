@@ -77,7 +77,7 @@ from replidb.storage.page_io import (
     write_pages,
 )
 from replidb.storage.snapshot_files import SnapshotInfo
-from replidb.storage.sqlite_store import WriteOutcome, describe_record
+from replidb.storage.sqlite_store import WriteOutcome, WriteRequest, describe_record
 from replidb.storage.wal_reader import (
     EMPTY_POSITION,
     WalPosition,
@@ -444,6 +444,27 @@ class PhysicalStore(NodeLogTables):
     def execute_read(self, statements: Sequence[Statement]) -> list[StatementResult]:
         """Run on the read-only connection; NeedsWrite if any statement writes."""
         return run_read(self._reader_conn(), self._reader_guard, statements)
+
+    def execute_batch(
+        self, requests: Sequence[WriteRequest], term: int, first_index: int
+    ) -> list[WriteOutcome | Error]:
+        """One transaction (and fsync) per request: each logs the WAL frames of its own
+        commit, so writes cannot share one here (storage/sqlite_store.py groups them)."""
+        outcomes: list[WriteOutcome | Error] = []
+        index = first_index
+        for r in requests:
+            try:
+                outcome = self.execute_write(
+                    r.statements, term, index, r.client_id, r.seq, r.dry_run, r.expect,
+                    r.expect_count,
+                )  # fmt: skip
+            except Error as exc:
+                outcomes.append(exc)
+                continue
+            if outcome.data is not None:
+                index += 1
+            outcomes.append(outcome)
+        return outcomes
 
     def execute_write(
         self,

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,14 @@ from replidb.stream.logical import (
 )
 from replidb.transport.wire import Statement, StatementResult
 
-__all__ = ["SQLiteStore", "SnapshotInfo", "WriteOutcome", "describe_record"]
+__all__ = [
+    "SQLiteStore",
+    "SnapshotInfo",
+    "WriteOutcome",
+    "WriteRequest",
+    "describe_record",
+    "raise_failed",
+]
 
 _SCHEMA = (
     LOG_SCHEMA
@@ -98,6 +105,25 @@ class WriteOutcome(msgspec.Struct, frozen=True):
     duplicate: bool = False  # a retried write that was already applied
     index: int = 0  # for a duplicate: the log index of the original
     needs_commit: bool = False  # raised an id lease: acknowledge only once committed
+
+
+class WriteRequest(msgspec.Struct, frozen=True):
+    """One client transaction for ``execute_batch``."""
+
+    statements: Sequence[Statement]
+    client_id: str = ""
+    seq: int = 0
+    dry_run: bool = False
+    expect: str = ""  # digest of the results the client saw (interactive transactions)
+    expect_count: int = 0
+
+
+def raise_failed(outcomes: list[WriteOutcome | Error]) -> list[WriteOutcome]:
+    """The outcomes of a batch, raising the first request's error, if any."""
+    for outcome in outcomes:
+        if isinstance(outcome, Error):
+            raise outcome
+    return [o for o in outcomes if not isinstance(o, Error)]
 
 
 class SQLiteStore(NodeLogTables):
@@ -326,88 +352,139 @@ class SQLiteStore(NodeLogTables):
     ) -> WriteOutcome:
         """Run a client transaction; if it changed anything, append its record at
         ``(term, index)`` and mark it applied, all in one durable transaction."""
+        request = WriteRequest(statements, client_id, seq, dry_run, expect, expect_count)
+        return raise_failed(self.execute_batch([request], term, index))[0]
+
+    def execute_batch(
+        self, requests: Sequence[WriteRequest], term: int, first_index: int
+    ) -> list[WriteOutcome | Error]:
+        """Group commit: run several client transactions in one SQLite transaction, so
+        one fsync makes them all durable. Each runs in its own savepoint: one that fails
+        (its error is returned in its place) or changes nothing leaves no trace, and
+        the others are unaffected. Those that change something take consecutive log
+        indexes from ``first_index``, in request order. A failure of the transaction
+        itself (the disk) raises, and none of them happened."""
         conn = self.writer
-        as_sql = self.stream != "logical" and not dry_run and self._refusals.check(statements)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("BEGIN IMMEDIATE")
         committed = False
+        outcomes: list[WriteOutcome | Error] = []
+        after_commit: list[Callable[[], None]] = []
+        index = first_index
         try:
-            if client_id and not dry_run:
-                previous = sessions.previous_result(conn, client_id, seq)
-                if previous is not None:
-                    return WriteOutcome(previous[0], None, duplicate=True, index=previous[1])
-
-            leased = False
-            user_segments = 0
-
-            def remember(results: list[StatementResult], segments: list[Segment]) -> None:
-                # Inside the capture, so these rows travel with the record: a retry is
-                # recognised, and a raised id lease holds, on whichever node leads next.
-                nonlocal leased, user_segments
-                user_segments = len(segments)
-                if not dry_run:
-                    leased = sessions.raise_leases(conn, segments)
-                if client_id and not dry_run:
-                    sessions.remember_result(conn, client_id, seq, results, index)
-
-            context: Replay | None = None
-            if as_sql:
-                assert self._deterministic is not None
-                context = enter_context(self._deterministic, statements, self._clock())
-            try:
-                results, segments = capture_changes(
-                    conn, statements, self._writer_guard, remember, self.full_images
-                )
-                check_expected(results, expect, expect_count)
-                counters = autoincrement_counters(conn) if context else {}
-            finally:
-                if self._deterministic is not None:
-                    self._deterministic.leave()
-            if dry_run or not changes_data(segments):
-                return WriteOutcome(results, None)
-            schema = conn.execute("PRAGMA schema_version").fetchone()
-            logged: list[Segment] = segments
-            bumped: dict[str, int] = {}
-            if context is not None:
-                unsynced = self._unsynced_counters
-                bumped = {
-                    t: n
-                    for t, n in context.sequences.items()
-                    if counters.get(t) != n and (unsynced is None or t in unsynced)
-                }
-                logged = [
-                    msgspec.structs.replace(
-                        context, sequences=bumped, digest=digest(segments[:user_segments])
-                    ),
-                    *segments[user_segments:],
-                ]
-                self._keep_undo(index, segments)
-            data = encode_record(
-                WriteRecord(
-                    logged,
-                    schema_version=int(schema[0]) if schema else 0,
-                    commit_ms=int(self._clock() * 1000),
-                )
-            )
-            needs_commit = leased
-            conn.execute(
-                "INSERT INTO replidb_log(idx, term, kind, data) VALUES(?, ?, ?, ?)",
-                (index, term, EntryKind.WRITE, data),
-            )
-            self._set_meta("applied_index", index)
-            conn.execute("COMMIT")
-            committed = True
-            self._last_index, self._last_term = index, term
-            if context is not None:  # what was shipped is now in step on every replica
-                unsynced = self._unsynced_counters
-                base = set(counters) if unsynced is None else unsynced
-                self._unsynced_counters = base - set(bumped)
-            return WriteOutcome(results, data, needs_commit=needs_commit)
+            for request in requests:
+                conn.execute("SAVEPOINT replidb_write")
+                outcome: WriteOutcome | Error
+                try:
+                    outcome = self._write_one(conn, request, term, index, after_commit)
+                except Error as exc:
+                    outcome = exc
+                except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
+                    outcome = translate(exc, self._writer_guard)
+                if isinstance(outcome, Error) or outcome.data is None:
+                    conn.execute("ROLLBACK TO replidb_write")
+                else:
+                    index += 1
+                conn.execute("RELEASE replidb_write")
+                outcomes.append(outcome)
+            if index > first_index:
+                self._set_meta("applied_index", index - 1)
+                conn.execute("COMMIT")
+                committed = True
+                self._last_index, self._last_term = index - 1, term
+                for finish in after_commit:
+                    finish()
+            return outcomes
         except (apsw.Error, TypeError, ValueError, OverflowError) as exc:
             raise translate(exc, self._writer_guard) from None
         finally:
-            if not committed:
+            if not committed and conn.in_transaction:  # (some errors end it themselves)
                 conn.execute("ROLLBACK")
+
+    def _write_one(
+        self,
+        conn: apsw.Connection,
+        request: WriteRequest,
+        term: int,
+        index: int,
+        after_commit: list[Callable[[], None]],
+    ) -> WriteOutcome:
+        """One client transaction inside the batch's transaction (execute_batch)."""
+        statements, client_id, seq, dry_run = (
+            request.statements,
+            request.client_id,
+            request.seq,
+            request.dry_run,
+        )
+        as_sql = self.stream != "logical" and not dry_run and self._refusals.check(statements)
+        if client_id and not dry_run:
+            previous = sessions.previous_result(conn, client_id, seq)
+            if previous is not None:
+                return WriteOutcome(previous[0], None, duplicate=True, index=previous[1])
+
+        leased = False
+        user_segments = 0
+
+        def remember(results: list[StatementResult], segments: list[Segment]) -> None:
+            # Inside the capture, so these rows travel with the record: a retry is
+            # recognised, and a raised id lease holds, on whichever node leads next.
+            nonlocal leased, user_segments
+            user_segments = len(segments)
+            if not dry_run:
+                leased = sessions.raise_leases(conn, segments)
+            if client_id and not dry_run:
+                sessions.remember_result(conn, client_id, seq, results, index)
+
+        context: Replay | None = None
+        if as_sql:
+            assert self._deterministic is not None
+            context = enter_context(self._deterministic, statements, self._clock())
+        try:
+            results, segments = capture_changes(
+                conn, statements, self._writer_guard, remember, self.full_images
+            )
+            check_expected(results, request.expect, request.expect_count)
+            counters = autoincrement_counters(conn) if context else {}
+        finally:
+            if self._deterministic is not None:
+                self._deterministic.leave()
+        if dry_run or not changes_data(segments):
+            return WriteOutcome(results, None)
+        schema = conn.execute("PRAGMA schema_version").fetchone()
+        logged: list[Segment] = segments
+        if context is not None:
+            unsynced = self._unsynced_counters
+            bumped = {
+                t: n
+                for t, n in context.sequences.items()
+                if counters.get(t) != n and (unsynced is None or t in unsynced)
+            }
+            logged = [
+                msgspec.structs.replace(
+                    context, sequences=bumped, digest=digest(segments[:user_segments])
+                ),
+                *segments[user_segments:],
+            ]
+            self._keep_undo(index, segments)
+
+            def synced() -> None:  # what was shipped is now in step on every replica
+                unsynced = self._unsynced_counters
+                base = set(counters) if unsynced is None else unsynced
+                self._unsynced_counters = base - set(bumped)
+
+            after_commit.append(synced)
+        data = encode_record(
+            WriteRecord(
+                logged,
+                schema_version=int(schema[0]) if schema else 0,
+                commit_ms=int(self._clock() * 1000),
+            )
+        )
+        conn.execute(
+            "INSERT INTO replidb_log(idx, term, kind, data) VALUES(?, ?, ?, ?)",
+            (index, term, EntryKind.WRITE, data),
+        )
+        return WriteOutcome(results, data, needs_commit=leased)
 
     def raise_rowid_floors(self) -> int:
         """A new leader's first duty (storage/sessions.py). Returns tables raised."""

@@ -150,6 +150,8 @@ class NodeStatus(msgspec.Struct, frozen=True):
     voters: list[str] = []  # the membership this node uses (core/membership.py)
     learners: list[str] = []
     member: bool = True  # False once this node has been removed from the cluster
+    write_groups: int = 0  # group commit (node/group_commit.py): transactions run ...
+    grouped_writes: int = 0  # ... and the client writes they held
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):

@@ -1,7 +1,7 @@
 """Throughput and latency of replidb itself (issue #7), with `replidb bench --local 3`:
 single-row inserts at 1 and 64 clients under async and quorum, plus the batch and
-read-mix workloads; results go to docs/benchmarks.md. (Peers — PostgreSQL, Redis,
-etcd — on the same machine are still to come: bench/peers/.)
+read-mix workloads; results go to docs/benchmarks.md. Peers (PostgreSQL, Redis, etcd)
+on the same machine: bench/compare.py.
 
     .venv/bin/python bench/throughput.py --duration 10 --write docs/benchmarks.md
 """
@@ -84,8 +84,8 @@ def main() -> int:
         )
         + ".",
         "",
-        "Compared with PostgreSQL on the same machine: the next section "
-        "(`bench/compare.py`); Redis and etcd are not measured yet.",
+        "Compared with PostgreSQL, Redis and etcd on the same machine: the next section "
+        "(`bench/compare.py`).",
     ]
     publish("\n".join(lines), args.write, "throughput")
     return 0

@@ -242,7 +242,7 @@ def changes_data(segments: Sequence[Segment]) -> bool:
     for segment in segments:
         if not isinstance(segment, Changes):
             return True  # DDL
-        if any(c.table != "replidb_client_sessions" for c in iter_changeset(segment.changeset)):
+        if any(c.name != "replidb_client_sessions" for c in apsw.Changeset.iter(segment.changeset)):
             return True
     return False
 
@@ -381,11 +381,11 @@ def _column_names(conn: apsw.Connection, changeset: bytes) -> dict[str, list[str
         _COLUMNS[conn] = cached
     known = cached[1]
     names: dict[str, list[str]] = {}
-    for change in iter_changeset(changeset):
-        table = change.table
+    for change in apsw.Changeset.iter(changeset):  # (apsw's C reader: cheaper than ours)
+        table = change.name
         if table in names:
             continue
-        width = len(change.pk)
+        width = change.column_count
         if (table, width) not in known:
             declared = [
                 row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))

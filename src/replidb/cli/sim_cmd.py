@@ -31,7 +31,15 @@ __all__ = ["sim"]
     help="Also ask leaders for linearizable reads, and check each covers every entry "
     "committed before it began.",
 )
-def sim(seed: int | None, seeds: int, verbose: bool, membership: bool, reads: bool) -> None:
+@click.option(
+    "--multi-leader",
+    is_flag=True,
+    help="Simulate multi-leader replication instead (its own seed space): every node "
+    "writes, links and clocks fail, and all must converge to the same rows.",
+)
+def sim(
+    seed: int | None, seeds: int, verbose: bool, membership: bool, reads: bool, multi_leader: bool
+) -> None:
     """Run the real core against a simulated network, clock and disks.
 
     Example:
@@ -39,7 +47,15 @@ def sim(seed: int | None, seeds: int, verbose: bool, membership: bool, reads: bo
         replidb sim --seed 42 --verbose
 
         replidb sim --seed 0 --seeds 200 --membership
+
+        replidb sim --seed 0 --seeds 300 --multi-leader
     """
+    if multi_leader:
+        if membership or reads:
+            raise click.UsageError("--multi-leader cannot be combined with --membership/--reads")
+        from replidb.testing.sim_mesh import main_mesh_sim
+
+        sys.exit(main_mesh_sim(seed, seeds, verbose))
     from replidb.testing.sim import main_sim
 
     sys.exit(main_sim(seed, seeds, verbose, membership, reads))

@@ -86,6 +86,26 @@ def test_readme_shows_the_two_commands_first() -> None:
         (["--row-images", "some"], "'some' is not one of 'minimal', 'full'"),
         (["--stream", "rows"], "unknown stream 'rows': choose statement, wal, logical, mixed"),
         (["--topology", "leaderless"], "topology 'leaderless' is not available yet"),
+        (["--topology", "multi-leader", "--sync", "quorum"], "--sync applies to single-leader"),
+        (["--topology", "multi-leader", "--resolve", "t"], "bad 't': expected TABLE=POLICY"),
+        (
+            ["--topology", "multi-leader", "--resolve", "t=custom:nope"],
+            "unknown conflict resolution 'custom:nope'",
+        ),
+        (["--topology", "multi-leader", "--resolvers", "no_such_mod"], "cannot import resolver"),
+        (
+            [
+                "--topology",
+                "multi-leader",
+                "--peers",
+                "n2=127.0.0.1:8,n3=127.0.0.1:9",
+                "--id-stride",
+                "2",
+            ],
+            "3 nodes need an id stride of at least 3",
+        ),
+        (["--topology", "multi-leader", "--links", "tree"], "'tree' is not one of"),
+        (["--topology", "multi-leader", "--hub", "n9"], "n9 is not a node"),
     ],
 )
 def test_serve_rejects_bad_options_in_one_line(

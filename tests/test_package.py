@@ -99,6 +99,7 @@ def test_top_level_api() -> None:
         "client",
         "sqla",
         "loadgen",
+        "multileader",
         "errors",
         "cli",
         "core",

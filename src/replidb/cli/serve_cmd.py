@@ -14,9 +14,11 @@ from typing import Any
 
 import click
 
+from replidb.cli.mesh_options import mesh_config, mesh_options
 from replidb.core import parse_policy
 from replidb.errors import Error
 from replidb.node import Node, NodeConfig
+from replidb.node.mesh_server import MeshNode
 from replidb.node.process import die_with_parent
 from replidb.transport.peer import split_address
 
@@ -37,7 +39,10 @@ def parse_peers(text: str) -> dict[str, str]:
     return peers
 
 
-_AVAILABLE = {"topology": ("single-leader",), "stream": ("statement", "wal", "logical", "mixed")}
+_AVAILABLE = {
+    "topology": ("single-leader", "multi-leader"),
+    "stream": ("statement", "wal", "logical", "mixed"),
+}
 _PLANNED = {
     "topology": ("single-leader", "multi-leader", "leaderless"),
     "stream": ("statement", "wal", "logical", "mixed"),
@@ -65,7 +70,7 @@ def cluster_options(func: Any) -> Any:
             default="single-leader",
             show_default=True,
             callback=_available,
-            help="Who accepts writes: single-leader (multi-leader, leaderless: planned).",
+            help="Who accepts writes: single-leader, multi-leader (leaderless: planned).",
         ),
         click.option(
             "--stream",
@@ -240,6 +245,7 @@ def _check_subscription(
     help="Fault injection: hold each message from a peer this long.",
 )
 @cluster_options
+@mesh_options
 def serve(
     node_id: str,
     data_dir: Path,
@@ -263,6 +269,7 @@ def serve(
     tick_ms: int,
     heartbeat_ms: int,
     election_timeout_ms: int,
+    **mesh: Any,
 ) -> None:
     """Run one node in the foreground, logging one line per event to stderr.
 
@@ -276,7 +283,6 @@ def serve(
         replidb serve --node-id n4 --data ./n4 --listen 127.0.0.1:7104 \\
             --peers n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103 --join
     """
-    del topology  # one choice today; validated by click
     try:
         split_address(listen)
         peer_map = parse_peers(peers)
@@ -284,6 +290,12 @@ def serve(
         raise click.BadParameter(str(exc)) from None
     if node_id in peer_map:
         raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
+    if topology == "multi-leader":
+        single_leader = dict(stream=stream, sync_policy=sync_policy, learners=learners,
+                             join=join, subscribe=subscribe)  # fmt: skip
+        config = mesh_config(node_id, data_dir, listen, peer_map, tick_ms, mesh, single_leader)
+        _log_to_stderr(node_id)
+        sys.exit(_run(config))
     if join and not peer_map:
         raise click.BadParameter("--join needs --peers: where the cluster is", param_hint="--join")
     if join:
@@ -313,16 +325,20 @@ def serve(
         snapshot_chunk_bytes=snapshot_chunk_bytes,
         debug_peer_delay_ms=debug_peer_delay_ms,
     )
+    _log_to_stderr(node_id)
+    sys.exit(_run(config))
+
+
+def _log_to_stderr(node_id: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
         format=f"%(asctime)s.%(msecs)03d {node_id} %(levelname)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
-    sys.exit(_run(config))
 
 
-def _run(config: NodeConfig) -> int:
+def _run(config: Any) -> int:
     try:
         import uvloop
 
@@ -332,9 +348,9 @@ def _run(config: NodeConfig) -> int:
     return int(runner(_serve(config)))
 
 
-async def _serve(config: NodeConfig) -> int:
+async def _serve(config: Any) -> int:
     try:
-        node = Node(config)
+        node: Any = Node(config) if isinstance(config, NodeConfig) else MeshNode(config)
     except (Error, ValueError) as exc:  # the data directory does not suit these options
         click.echo(f"error: {exc}", err=True)
         return 1

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from replidb.cli.mesh_status import mesh_report, render_mesh
 from replidb.cli.options import connect_option, fail
 from replidb.client import Client, probe_status
 from replidb.errors import Error
@@ -54,6 +55,8 @@ def cluster_status(
     if found[first.id] is None:  # it answered a moment ago: use that answer
         found[first.id] = first
     reachable = [s for s in found.values() if s is not None]
+    if first.topology == "multi-leader":
+        return mesh_report(shown, found)
 
     claimants = [s for s in reachable if s.role == "leader"]
     leader_status = max(claimants, key=lambda s: s.term) if claimants else None
@@ -124,6 +127,10 @@ def _text(value: Any) -> str:
 
 
 def _render(report: dict[str, Any]) -> None:
+    if report.get("topology") == "multi-leader":
+        console = Console()
+        render_mesh(report, console if console.is_terminal else Console(width=200))
+        return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     numeric = ("term", "last", "commit", "applied", "lag")
     for name in ("id", "address", "role", *numeric, "healthy", "discarded"):

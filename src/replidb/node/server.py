@@ -10,16 +10,16 @@ which handles the replica's Ready batches in the order the core documents.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
 import random
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -53,6 +53,7 @@ from replidb.node.group_commit import GroupCommit
 from replidb.node.progress import CatchUpReporter
 from replidb.node.reads import ReadGate, bound_of
 from replidb.node.retention import compaction_point
+from replidb.node.runtime import Tasks, serve_connection
 from replidb.node.snapshots import SnapshotFetcher, SnapshotSource
 from replidb.node.snapshots import answer as answer_fetch
 from replidb.storage import NeedsWrite, open_store
@@ -159,7 +160,7 @@ class Node:
         # forward id -> (the leader it went to, the reply to come)
         self._forwards: dict[int, tuple[str, asyncio.Future[wire.ExecuteReply]]] = {}
         self._ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self._server: asyncio.base_events.Server | None = None
         self._started = time.monotonic()
         self._catch_up = CatchUpReporter(log)
@@ -264,11 +265,7 @@ class Node:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         for link in self.links.values():
             await link.stop()
         self.acks.fail_all("the node is shutting down")
@@ -276,10 +273,8 @@ class Node:
         self.store.close()
         log.info("stopped")
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
 
     def _fatal(self, exc: BaseException) -> None:
         log.critical("stopping: %s", exc)
@@ -443,23 +438,9 @@ class Node:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        origin = writer.get_extra_info("peername")
-        try:
-            first = await read_message(reader, self.config.max_frame)
-            if first is None:
-                return
-            if isinstance(first, wire.Hello):
-                await self._peer_loop(first, reader)
-            else:
-                await self._client_loop(first, reader, writer)
-        except ProtocolError as exc:
-            log.warning("rejected input from %s: %s", origin, exc)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
+        await serve_connection(
+            reader, writer, self.config.max_frame, self._peer_loop, self._client_loop, log
+        )
 
     async def _peer_loop(self, hello: wire.Hello, reader: asyncio.StreamReader) -> None:
         # Any node may talk to us: one we do not know yet may be a member added by a

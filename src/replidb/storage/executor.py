@@ -36,7 +36,19 @@ __all__ = [
 
 # Tables replidb keeps next to the user's data. Only client sessions replicate (so a
 # retried write is recognised on whichever node leads next); the rest are per node.
-INTERNAL_TABLES = frozenset({"replidb_meta", "replidb_log", "replidb_discarded", "replidb_undo"})
+INTERNAL_TABLES = frozenset(
+    {
+        "replidb_meta",
+        "replidb_log",
+        "replidb_discarded",
+        "replidb_undo",
+        # multi-leader (storage/mesh_store.py): node-local, never captured
+        "replidb_mesh_log",
+        "replidb_mesh_versions",
+        "replidb_mesh_meta",
+        "replidb_conflicts",
+    }
+)
 REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions", "replidb_rowid_leases"})
 
 _DDL_RE = re.compile(

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from replidb.core.mesh import ChangeAck, ChangeBatch
 from replidb.core.messages import (
     Append,
     AppendReply,
@@ -152,6 +153,12 @@ class NodeStatus(msgspec.Struct, frozen=True):
     member: bool = True  # False once this node has been removed from the cluster
     write_groups: int = 0  # group commit (node/group_commit.py): transactions run ...
     grouped_writes: int = 0  # ... and the client writes they held
+    # multi-leader (node/mesh_server.py)
+    mesh_links: str = ""  # all-to-all | star | ring
+    mesh_applied: dict[str, int] = {}  # origin -> the changes of it applied here
+    mesh_pending: int = 0  # changes received early, waiting for their dependencies
+    conflicts: int = 0  # conflicts this node detected and resolved
+    refused: str = ""  # the latest refusal (clock skew), if any
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):
@@ -306,6 +313,8 @@ Message = (
     | VoteReply
     | Append
     | AppendReply
+    | ChangeBatch
+    | ChangeAck
 )
 
 _encoder = msgspec.msgpack.Encoder()

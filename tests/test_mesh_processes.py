@@ -214,3 +214,36 @@ def test_a_ring_stalls_past_a_dead_node_and_recovers(tmp_path: Path) -> None:
         assert "multi-leader, ring links: every node takes writes" in shown
     finally:
         cluster.stop_all()
+
+
+def test_a_node_whose_clock_runs_ahead_is_refused_until_it_agrees(tmp_path: Path) -> None:
+    cluster = _mesh(tmp_path, "all-to-all", "--max-clock-skew-ms", "500")
+    cluster.node_extra["n3"] += ("--debug-clock-offset-ms", "3000")
+    _heal(cluster)
+    cluster.start_all()
+    try:
+        n1 = replidb.connect(cluster.addresses["n1"], autocommit=True, timeout=5.0)
+        n3 = replidb.connect(cluster.addresses["n3"], autocommit=True, timeout=5.0)
+        n1.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        n3.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)")
+        n3.execute("INSERT INTO t(v) VALUES ('from the future')")  # n3 still takes writes
+
+        def refused(node: str) -> str:
+            status = cluster.status(node)
+            return status.refused if status is not None else ""
+
+        wait_until(lambda: "n3's clock is" in refused("n1"), 10, "n1 to refuse n3")
+        assert "ahead of ours (more than the allowed 500 ms)" in refused("n1")
+        wait_until(lambda: "behind ours" in refused("n3"), 10, "n3 to refuse the others")
+        time.sleep(1.0)
+        assert cluster.status("n1").mesh_applied.get("n3", 0) == 0  # type: ignore[union-attr]
+        # The clock is fixed (the node restarts without the offset): its changes are
+        # taken once our clocks pass the stamps they were given (3 s ahead).
+        cluster.kill("n3")
+        cluster.node_extra["n3"] = cluster.node_extra["n3"][:-2]
+        cluster.start("n3")
+        wait_until(lambda: _converged(cluster), 20, "n3's changes to be taken")
+        rows = cluster.query("n1", "SELECT v FROM t")
+        assert ["from the future"] in rows
+    finally:
+        cluster.stop_all()

@@ -2,7 +2,9 @@
 
 Starts `replidb cluster up`, writes on the leader, reads the rows back from each
 follower, writes once more through the Python DB-API driver connected to a follower,
-prints `replidb status`, and stops every process it started.
+prints `replidb status`, grows the cluster by a fourth node, and stops every process
+it started. Then three multi-leader nodes take conflicting writes across a partition
+and converge (scripts/demo_multileader.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import demo_multileader
 
 BIN = Path(sys.executable).parent
 REPLIDB = str(BIN / "replidb")
@@ -171,6 +175,8 @@ def main() -> int:
         if " role " in line or "started" in line:
             print("  " + line)
     print("\ncluster stopped; no process left behind.")
+    demo_multileader.act(workdir, free_base_port(base + 20), REPLIDB, run, stop)
+    print("\nmulti-leader nodes stopped.")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -296,8 +296,12 @@ class MeshNode:
             uptime_s=round(time.monotonic() - self._started, 3),
             peers_connected=sorted(p for p, link in self.links.items() if link.connected),
             durability="a write is acknowledged once this node has it; it reaches the "
-            "others when they can be reached (conflicts resolved by "
-            f"{self.config.default_resolution})",
+            "others when they can be reached (conflicts: "
+            + ", ".join(
+                [f"{t} {p}" for t, p in sorted(self.config.resolution.items())]
+                + [f"{self.config.default_resolution} elsewhere"]
+            )
+            + ")",
             mesh_links=self.config.links,
             mesh_applied=applied,
             mesh_pending=mesh.pending,

@@ -37,8 +37,27 @@ __all__ = ["sim"]
     help="Simulate multi-leader replication instead (its own seed space): every node "
     "writes, links and clocks fail, and all must converge to the same rows.",
 )
+@click.option(
+    "--leaderless",
+    is_flag=True,
+    help="Simulate leaderless (Dynamo-style) replication instead: quorum reads and "
+    "writes, read repair, hinted handoff, anti-entropy.",
+)
+@click.option(
+    "--rw",
+    default=None,
+    metavar="R,W",
+    help="With --leaderless: read and write quorums (default: a majority of N=3 each).",
+)
 def sim(
-    seed: int | None, seeds: int, verbose: bool, membership: bool, reads: bool, multi_leader: bool
+    seed: int | None,
+    seeds: int,
+    verbose: bool,
+    membership: bool,
+    reads: bool,
+    multi_leader: bool,
+    leaderless: bool,
+    rw: str | None,
 ) -> None:
     """Run the real core against a simulated network, clock and disks.
 
@@ -49,7 +68,23 @@ def sim(
         replidb sim --seed 0 --seeds 200 --membership
 
         replidb sim --seed 0 --seeds 300 --multi-leader
+
+        replidb sim --seed 0 --seeds 100 --leaderless --rw 1,1
     """
+    if leaderless:
+        if membership or reads or multi_leader:
+            raise click.UsageError("--leaderless cannot be combined with other sim modes")
+        r = w = None
+        if rw is not None:
+            try:
+                r, w = (int(x) for x in rw.split(","))
+            except ValueError:
+                raise click.BadParameter(f"bad {rw!r}: expected R,W", param_hint="--rw") from None
+            if not (1 <= r <= 3 and 1 <= w <= 3):
+                raise click.BadParameter("R and W must be between 1 and N=3", param_hint="--rw")
+        from replidb.testing.sim_leaderless import main_leaderless_sim
+
+        sys.exit(main_leaderless_sim(seed, seeds, verbose, r, w))
     if multi_leader:
         if membership or reads:
             raise click.UsageError("--multi-leader cannot be combined with --membership/--reads")

@@ -119,3 +119,47 @@ def test_link_delivers_in_order_and_notices_a_closed_peer() -> None:
     received, changes = asyncio.run(run())
     assert received == [wire.Hello("n1"), *(wire.StatusRequest(i) for i in range(3))]
     assert changes[:2] == [("n2", True), ("n2", False)]
+
+
+def test_a_link_survives_a_write_to_a_closed_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop raises RuntimeError (not an OSError) when the pump writes to a transport
+    that closed under it. That used to end the link's task silently: the node kept
+    believing itself connected and never sent that peer anything again (a netns
+    partition test saw a healed follower stay cut off)."""
+    pump = PeerLink._pump
+    failures = [RuntimeError("unable to perform operation on <TCPTransport closed=True>")]
+
+    async def fragile(self: PeerLink, writer: asyncio.StreamWriter) -> None:
+        if failures:
+            await asyncio.sleep(0.05)
+            raise failures.pop()
+        await pump(self, writer)
+
+    monkeypatch.setattr(PeerLink, "_pump", fragile)
+
+    async def run() -> list[wire.Message]:
+        received: list[wire.Message] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while (message := await read_message(reader)) is not None:
+                received.append(message)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = PeerLink("n1", "n2", f"127.0.0.1:{port}")
+        link.start()
+        for _ in range(250):
+            if not failures and link.connected:
+                break
+            await asyncio.sleep(0.02)
+        link.send(wire.StatusRequest(7))
+        for _ in range(250):
+            if wire.StatusRequest(7) in received:
+                break
+            await asyncio.sleep(0.02)
+        await link.stop()
+        server.close()
+        await server.wait_closed()
+        return received
+
+    assert wire.StatusRequest(7) in asyncio.run(run())

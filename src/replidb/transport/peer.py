@@ -117,10 +117,14 @@ class PeerLink:
                 finally:
                     for task in (sending, closed):
                         task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
+                        # (whatever ended it: the link must live on and reconnect)
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
                 self._set_connected(False)
             except (TimeoutError, OSError, ConnectionError):
+                self._set_connected(False)
+            except Exception as exc:  # never let the link die silently: reconnect
+                log.warning("link to %s failed (%r); reconnecting", self.peer_id, exc)
                 self._set_connected(False)
             finally:
                 if writer is not None:

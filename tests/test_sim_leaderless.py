@@ -27,6 +27,7 @@ def test_quorums_hold_under_faults() -> None:
     assert sum(r.hints_handed for r in results) > 100  # sloppy quorum + handoff
     assert sum(r.ae_repairs for r in results) > 500  # anti-entropy
     assert sum(r.unknown for r in results) > 100  # outcomes the client cannot know
+    assert sum(r.purged for r in results) > 100  # tombstones dropped everywhere
 
 
 def test_w_and_r_of_one_read_stale_data_but_lose_no_acknowledged_write() -> None:
@@ -63,3 +64,17 @@ def test_without_anti_entropy_replicas_diverge(monkeypatch: pytest.MonkeyPatch) 
         sim_leaderless.LeaderlessSimulation, "_anti_entropy", lambda self, all_pairs=False: None
     )
     assert any("differ" in v for s in range(20) for v in run_leaderless(s).violations)
+
+
+def test_purging_tombstones_without_a_grace_period_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A late copy of an older write recreates a key purged too early: the deleted
+    row comes back, or a write made after the purge is lost to it."""
+    purge = sim_leaderless.LeaderlessSimulation._purge
+
+    def eager(self: sim_leaderless.LeaderlessSimulation, grace: int = 0) -> None:
+        purge(self, 0)
+
+    monkeypatch.setattr(sim_leaderless.LeaderlessSimulation, "_purge", eager)
+    assert any(run_leaderless(seed).violations for seed in range(60))

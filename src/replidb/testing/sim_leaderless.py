@@ -50,6 +50,11 @@ __all__ = [
 TICK = 10
 SAFETY_STEPS = 3000
 HINT_WINDOW = 2000  # time units a hint is kept
+# A key whose replicas all hold the same tombstone-only clock, with no hint for it
+# anywhere, is purged once its clock has not changed for this long: longer than any
+# message can still be on its way (a late copy of an older write would otherwise
+# bring the deleted row back).
+TOMBSTONE_GRACE = 1000
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class LeaderlessResult:
     repairs: int = 0
     hints_handed: int = 0
     ae_repairs: int = 0
+    purged: int = 0
     violations: list[str] = field(default_factory=list)
     stale: int = 0  # reads missing an earlier acknowledged write (expected if R + W <= N)
     trace: list[str] = field(default_factory=list)
@@ -131,7 +137,8 @@ class LeaderlessResult:
             f"nodes={p.nodes} N={p.n} R={p.r} W={p.w} sloppy={p.sloppy} ops={self.ops} "
             f"writes_ok={self.writes_ok} reads_ok={self.reads_ok} unknown={self.unknown} "
             f"siblings={self.siblings_seen} read_repairs={self.repairs} "
-            f"hints={self.hints_handed} ae={self.ae_repairs} stale_reads={self.stale}"
+            f"hints={self.hints_handed} ae={self.ae_repairs} purged={self.purged} "
+            f"stale_reads={self.stale}"
         )
 
 
@@ -163,6 +170,9 @@ class LeaderlessSimulation:
         self.blocked: set[str] = set()  # replicas the clients cannot reach
         self.cut: set[tuple[str, str]] = set()  # replica links down (handoff, AE)
         self.loss = params.loss
+        self.changed_at: dict[bytes, int] = {}
+        self.purged_tags: dict[bytes, set[str]] = {}
+        self.purges: dict[bytes, list[tuple[int, set[str]]]] = {}
         for client in self.clients:
             self._schedule(self.rng.randint(1, TICK), "client", client)
         self._schedule(TICK, "world", None)
@@ -185,9 +195,9 @@ class LeaderlessSimulation:
         for _ in range(4):
             self._anti_entropy(all_pairs=True)
         self._check_converged()
-        violations = check_history(self.history, self.params, self._final_values())
+        violations = check_history(self.history, self.params, self._final_values(), self.purges)
         self.result.violations.extend(violations)
-        self.result.stale = len(stale_reads(self.history))
+        self.result.stale = len(stale_reads(self.history, self.purges))
 
     def _step(self, liveness: bool = False) -> None:
         if not self._queue:
@@ -299,6 +309,7 @@ class LeaderlessSimulation:
         if not replica.up:
             return
         key = message.key
+        before = replica.store.get(key)
         if isinstance(message, CoordPut):
             replica.store[key] = coordinate(replica.store.get(key), message, node)
         elif isinstance(message, Replicate):
@@ -307,6 +318,8 @@ class LeaderlessSimulation:
                 replica.hints.append((message.hint_for, key, message.clock, self.now))
         elif not isinstance(message, Get):
             raise TypeError(message)
+        if replica.store.get(key) != before:
+            self.changed_at[key] = self.now
         reply = Reply(message.op, node, key, replica.store.get(key, dvv.Clock()))
         if client is None:
             self._hint_delivered(node, reply)
@@ -356,7 +369,32 @@ class LeaderlessSimulation:
                     merged = receive(ra.store.get(key), rb.store.get(key, dvv.Clock()))
                     if ra.store.get(key) != merged or rb.store.get(key) != merged:
                         self.result.ae_repairs += 1
+                        self.changed_at[key] = self.now
                     ra.store[key] = rb.store[key] = merged
+
+    def _purge(self, grace: int = TOMBSTONE_GRACE) -> None:
+        """Drop keys deleted everywhere: every preferred replica up and holding the
+        same tombstone-only clock, no hint for the key, unchanged for ``grace``."""
+        hinted = {h[1] for r in self.replicas.values() for h in r.hints}
+        for key in self.keys:
+            replicas = [self.replicas[n] for n in self.ring.preference_list(key, self.params.n)]
+            clocks = [r.store.get(key) for r in replicas]
+            first = clocks[0]
+            if (
+                first is None
+                or key in hinted
+                or not all(r.up for r in replicas)
+                or any(c != first for c in clocks)
+                or any(value is not None for _, value in dvv.values(first))
+                or self.now - self.changed_at.get(key, 0) <= grace
+            ):
+                continue
+            tags = {tag for tag, _ in dvv.values(first)}
+            self.purged_tags.setdefault(key, set()).update(tags)
+            self.purges.setdefault(key, []).append((self.now, tags))
+            for replica in self.replicas.values():
+                replica.store.pop(key, None)
+            self.result.purged += 1
 
     # ---- the world -----------------------------------------------------------------
 
@@ -364,6 +402,7 @@ class LeaderlessSimulation:
         self._hand_over()
         if self.rng.random() < 0.05:
             self._anti_entropy()
+        self._purge()
         if liveness or self.rng.random() >= self.params.fault_rate:
             return
         rng = self.rng
@@ -394,13 +433,14 @@ class LeaderlessSimulation:
             if any(c != clocks[0] for c in clocks):
                 self.result.violations.append(f"replicas of {key!r} differ after anti-entropy")
 
-    def _final_values(self) -> dict[bytes, dvv.Clock]:
-        return {
-            k: self.replicas[self.ring.preference_list(k, self.params.n)[0]].store.get(
-                k, dvv.Clock()
-            )
-            for k in self.keys
-        }
+    def _final_values(self) -> dict[bytes, tuple[set[str], set[str]]]:
+        """Per key: the tags of the final siblings, and of every purged tombstone."""
+        final = {}
+        for key in self.keys:
+            holder = self.replicas[self.ring.preference_list(key, self.params.n)[0]]
+            live = {tag for tag, _ in dvv.values(holder.store.get(key, dvv.Clock()))}
+            final[key] = (live, self.purged_tags.get(key, set()))
+        return final
 
 
 def _digest(clock: dvv.Clock | None) -> bytes:
@@ -428,16 +468,26 @@ def _covers(past: dict[str, frozenset[str]], tags: Any, tag: str) -> bool:
     return any(t == tag or tag in past.get(t, frozenset()) for t in tags)
 
 
-def stale_reads(history: list[Event]) -> list[str]:
+def stale_reads(
+    history: list[Event], purges: dict[bytes, list[tuple[int, set[str]]]] | None = None
+) -> list[str]:
     """Reads that started after a write of their key was acknowledged and returned
-    neither it nor anything causally after it (R + W > N with strict quorums: none)."""
+    neither it nor anything causally after it (R + W > N with strict quorums: none).
+    ``purges``: per key, (when, tombstone tags) of each purge; what a purged deletion
+    superseded is gone for every read that starts after that purge."""
     past = _pasts(history)
+
+    def buried(key: bytes, at: int) -> set[str]:
+        tags = [t for when, ts in (purges or {}).get(key, []) if when < at for t in ts]
+        return set(tags).union(*(past.get(t, frozenset()) for t in tags))
+
     acked = [e for e in history if e.kind == "write" and e.outcome == "ok"]
     found = []
     for read in (e for e in history if e.kind == "read" and e.outcome == "ok"):
         for write in acked:
             earlier = write.key == read.key and write.end < read.start
-            if earlier and not _covers(past, read.seen, write.tag):
+            gone = write.tag in buried(read.key, read.start)
+            if earlier and not gone and not _covers(past, read.seen, write.tag):
                 found.append(
                     f"read of {read.key!r} at {read.start} returned {list(read.seen)}, "
                     f"missing {write.tag} acknowledged at {write.end}"
@@ -445,15 +495,29 @@ def stale_reads(history: list[Event]) -> list[str]:
     return found
 
 
-def check_history(history: list[Event], params: Params, final: dict[bytes, dvv.Clock]) -> list[str]:
+def check_history(
+    history: list[Event],
+    params: Params,
+    final: dict[bytes, tuple[set[str], set[str]]],
+    purges: dict[bytes, list[tuple[int, set[str]]]] | None = None,
+) -> list[str]:
     """The per-key consistency checker (usable on recorded histories): stale reads
-    when quorums promise none, and acknowledged writes missing from the final state."""
-    problems = stale_reads(history) if not params.sloppy and params.r + params.w > params.n else []
+    when quorums promise none; acknowledged writes missing from the final state (the
+    final siblings, or tombstones purged after every replica had them); and versions
+    that came back after a deletion that superseded them was purged."""
+    strict = not params.sloppy and params.r + params.w > params.n
+    problems = stale_reads(history, purges) if strict else []
     past = _pasts(history)
     for write in (e for e in history if e.kind == "write" and e.outcome == "ok"):
-        final_tags = [tag for tag, _ in dvv.values(final.get(write.key, dvv.Clock()))]
-        if not _covers(past, final_tags, write.tag):
-            problems.append(f"acknowledged {write.tag} on {write.key!r} is lost: {final_tags}")
+        live, purged = final.get(write.key, (set(), set()))
+        if not _covers(past, live | purged, write.tag):
+            problems.append(f"acknowledged {write.tag} on {write.key!r} is lost: {sorted(live)}")
+    for key, (live, purged) in final.items():
+        # A purged deletion must stay deleted: what it superseded may not return.
+        buried = set(purged).union(*(past.get(t, frozenset()) for t in purged))
+        back = live & buried
+        if back:
+            problems.append(f"{sorted(back)} on {key!r} came back after its deletion was purged")
     return problems[:20]
 
 

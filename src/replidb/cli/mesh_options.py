@@ -102,6 +102,7 @@ def mesh_config(
     """A MeshNodeConfig; click.BadParameter names what does not fit."""
     from replidb.multileader import load_resolvers
     from replidb.node.mesh_server import MeshNodeConfig
+    from replidb.storage.mesh_store import check_resolution
 
     for name, default in _SINGLE_LEADER_ONLY.items():
         if single_leader.get(name, default) != default:
@@ -128,16 +129,10 @@ def mesh_config(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--resolvers") from None
     for policy in [options["default_resolution"], *resolution.values()]:
-        name = policy.removeprefix("custom:")
-        if policy not in ("lww", "record") and not (
-            policy.startswith("custom:") and name in resolvers
-        ):
-            raise click.BadParameter(
-                f"unknown conflict resolution {policy!r}: choose lww, record or custom:NAME "
-                f"with NAME registered by a --resolvers module "
-                f"({', '.join(sorted(resolvers)) or 'none registered'})",
-                param_hint="--resolve",
-            )
+        try:
+            check_resolution(policy, resolvers)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--resolve") from None
     return MeshNodeConfig(
         node_id=node_id,
         data_dir=data_dir,

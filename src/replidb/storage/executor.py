@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -28,6 +29,7 @@ __all__ = [
     "capture_changes",
     "changes_data",
     "install_guard",
+    "open_connections",
     "quote_name",
     "run_read",
     "run_statements",
@@ -132,6 +134,25 @@ class _Guard:
 # (The row id check above covers nearly every INSERT; this covers one that re-inserts
 # the connection's previous row id.)
 _INSERTS = re.compile(r"\s*(?:WITH\b.*?\)\s*)?(?:INSERT|REPLACE)\b", re.IGNORECASE | re.DOTALL)
+
+
+def open_connections(
+    path: Path, schema: str, make_writer: Callable[[], apsw.Connection] | None = None
+) -> tuple[apsw.Connection, apsw.Connection]:
+    """A store's writer (WAL, fsync on commit, ``schema`` created) and its read-only
+    reader, both with a busy timeout; InternalError names the file that failed."""
+    try:
+        writer = make_writer() if make_writer is not None else apsw.Connection(str(path))
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA synchronous=FULL")
+        writer.execute(schema)
+        reader = apsw.Connection(str(path))
+        reader.execute("PRAGMA query_only=ON")
+    except apsw.Error as exc:
+        raise InternalError(f"cannot open database {path}: {exc}") from None
+    for conn in (writer, reader):
+        conn.set_busy_timeout(5000)
+    return writer, reader
 
 
 def install_guard(conn: apsw.Connection) -> _Guard:

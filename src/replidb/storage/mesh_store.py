@@ -40,6 +40,7 @@ from replidb.storage import mesh_ids, sessions
 from replidb.storage.executor import (
     capture_changes,
     install_guard,
+    open_connections,
     quote_name,
     run_read,
     translate,
@@ -47,7 +48,7 @@ from replidb.storage.executor import (
 from replidb.stream.logical import DDL, Changes
 from replidb.transport.wire import Statement, StatementResult
 
-__all__ = ["MESH_SCHEMA", "MeshStore", "Resolver"]
+__all__ = ["MESH_SCHEMA", "MeshStore", "Resolver", "check_resolution"]
 
 log = logging.getLogger("replidb.storage")
 
@@ -105,6 +106,18 @@ def _stamp(hlc: HLC) -> _Stamp:
     return (hlc.wall_ms, hlc.logical, hlc.origin)
 
 
+def check_resolution(policy: str, resolvers: dict[str, Resolver]) -> None:
+    """ValueError unless ``policy`` is lww, record or custom:NAME of a known resolver."""
+    if policy in ("lww", "record"):
+        return
+    if not policy.startswith("custom:") or policy.removeprefix("custom:") not in resolvers:
+        known = ", ".join(sorted(resolvers)) or "none registered"
+        raise ValueError(
+            f"unknown conflict resolution {policy!r}: choose lww, record or custom:NAME "
+            f"with NAME a resolver registered by a --resolvers module ({known})"
+        )
+
+
 class MeshStore:
     def __init__(
         self,
@@ -122,34 +135,13 @@ class MeshStore:
         self.default_resolution = default_resolution
         self.resolvers = resolvers or {}
         for policy in [default_resolution, *self.resolution.values()]:
-            self._check_policy(policy)
+            check_resolution(policy, self.resolvers)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.writer = apsw.Connection(str(path))
-            self.writer.execute("PRAGMA journal_mode=WAL")
-            self.writer.execute("PRAGMA synchronous=FULL")
-            self.writer.execute(MESH_SCHEMA)
-            self.reader = apsw.Connection(str(path))
-            self.reader.execute("PRAGMA query_only=ON")
-        except apsw.Error as exc:
-            raise InternalError(f"cannot open database {path}: {exc}") from None
-        for conn in (self.writer, self.reader):
-            conn.set_busy_timeout(5000)
+        self.writer, self.reader = open_connections(path, MESH_SCHEMA)
         self._writer_guard = install_guard(self.writer)
         self._reader_guard = install_guard(self.reader)
         self.ids = mesh_ids.IdStripes(self.writer, id_offset, id_stride)
         self.conflicts = int(self._meta("conflicts") or 0)
-
-    def _check_policy(self, policy: str) -> None:
-        if policy in ("lww", "record"):
-            return
-        name = policy.removeprefix("custom:")
-        if not policy.startswith("custom:") or name not in self.resolvers:
-            known = ", ".join(sorted(self.resolvers)) or "none registered"
-            raise ValueError(
-                f"unknown conflict resolution {policy!r}: choose lww, record or custom:NAME "
-                f"with NAME a registered resolver ({known})"
-            )
 
     def close(self) -> None:
         self.reader.close()

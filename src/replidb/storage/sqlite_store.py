@@ -47,6 +47,7 @@ from replidb.storage.executor import (
     changes_data,
     check_expected,
     install_guard,
+    open_connections,
     run_read,
     translate,
 )
@@ -77,7 +78,6 @@ __all__ = [
     "WriteOutcome",
     "WriteRequest",
     "describe_record",
-    "raise_failed",
 ]
 
 _SCHEMA = (
@@ -118,14 +118,6 @@ class WriteRequest(msgspec.Struct, frozen=True):
     expect_count: int = 0
 
 
-def raise_failed(outcomes: list[WriteOutcome | Error]) -> list[WriteOutcome]:
-    """The outcomes of a batch, raising the first request's error, if any."""
-    for outcome in outcomes:
-        if isinstance(outcome, Error):
-            raise outcome
-    return [o for o in outcomes if not isinstance(o, Error)]
-
-
 class SQLiteStore(NodeLogTables):
     def __init__(
         self,
@@ -162,22 +154,15 @@ class SQLiteStore(NodeLogTables):
         """Open the connections (again, after a snapshot replaced the file)."""
         path = self.path
         self._deterministic = None
-        try:
+
+        def make_writer() -> apsw.Connection:
             if self.stream == "logical":
-                self.writer = apsw.Connection(str(path))
-            else:
-                self._deterministic = DeterministicWriter(path)
-                self.writer = self._deterministic.conn
-            self.writer.execute("PRAGMA journal_mode=WAL")
-            self.writer.execute("PRAGMA synchronous=FULL")
-            self.writer.execute(_SCHEMA)
-            self._log_db = self.writer
-            self.reader = apsw.Connection(str(path))
-            self.reader.execute("PRAGMA query_only=ON")
-        except apsw.Error as exc:
-            raise InternalError(f"cannot open database {path}: {exc}") from None
-        for conn in (self.writer, self.reader):
-            conn.set_busy_timeout(5000)
+                return apsw.Connection(str(path))
+            self._deterministic = DeterministicWriter(path)
+            return self._deterministic.conn
+
+        self.writer, self.reader = open_connections(path, _SCHEMA, make_writer)
+        self._log_db = self.writer
         self._writer_guard = install_guard(self.writer)
         self._reader_guard = install_guard(self.reader)
         self._partial = None
@@ -353,7 +338,10 @@ class SQLiteStore(NodeLogTables):
         """Run a client transaction; if it changed anything, append its record at
         ``(term, index)`` and mark it applied, all in one durable transaction."""
         request = WriteRequest(statements, client_id, seq, dry_run, expect, expect_count)
-        return raise_failed(self.execute_batch([request], term, index))[0]
+        (outcome,) = self.execute_batch([request], term, index)
+        if isinstance(outcome, Error):
+            raise outcome
+        return outcome
 
     def execute_batch(
         self, requests: Sequence[WriteRequest], term: int, first_index: int

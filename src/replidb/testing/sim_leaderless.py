@@ -18,7 +18,6 @@ Checked (``check_history``, also usable on histories recorded elsewhere):
 
 from __future__ import annotations
 
-import heapq
 import os
 import random
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from replidb.core.leaderless import (
     receive,
 )
 from replidb.core.merkle import MerkleTree, bucket_of
+from replidb.testing.events import EventQueue
 
 __all__ = [
     "Event",
@@ -163,9 +163,7 @@ class LeaderlessSimulation:
         self.keys = [f"k{i}".encode() for i in range(params.keys)]
         self.history: list[Event] = []
         self.result = LeaderlessResult(seed, params)
-        self.now = 0
-        self._queue: list[tuple[int, int, str, Any]] = []
-        self._order = 0
+        self.events = EventQueue()
         self._ops = 0
         self.blocked: set[str] = set()  # replicas the clients cannot reach
         self.cut: set[tuple[str, str]] = set()  # replica links down (handoff, AE)
@@ -200,10 +198,9 @@ class LeaderlessSimulation:
         self.result.stale = len(stale_reads(self.history, self.purges))
 
     def _step(self, liveness: bool = False) -> None:
-        if not self._queue:
+        if not self.events:
             return
-        when, _, kind, payload = heapq.heappop(self._queue)
-        self.now = max(self.now, when)
+        kind, payload = self.events.pop()
         if kind == "client":
             if not liveness:
                 self._client_turn(payload)
@@ -215,9 +212,12 @@ class LeaderlessSimulation:
             self._world(liveness)
             self._schedule(TICK, "world", None)
 
+    @property
+    def now(self) -> int:
+        return self.events.now
+
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
-        self._order += 1
-        heapq.heappush(self._queue, (self.now + delay, self._order, kind, payload))
+        self.events.schedule(delay, kind, payload)
 
     def _log(self, text: str) -> None:
         self.result.trace.append(f"[{self.now}] {text}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
 import multiprocessing
 import os
 import random
@@ -36,6 +35,7 @@ import msgspec
 
 from replidb.core.hlc import HLC
 from replidb.core.mesh import TOPOLOGIES, Change, Mesh, MeshConfig, MeshMessage, decide
+from replidb.testing.events import EventQueue
 
 __all__ = [
     "MeshSimResult",
@@ -152,9 +152,7 @@ class MeshSimulation:
         self.liveness_ticks = liveness_ticks
         self.ids = [f"m{i + 1}" for i in range(self.params.nodes)]
         self.nodes = {n: _Node(n) for n in self.ids}
-        self.now = 0
-        self._queue: list[tuple[int, int, str, Any]] = []
-        self._order = 0
+        self.events = EventQueue()
         self.blocked: set[tuple[str, str]] = set()
         self.loss, self.dup = self.params.loss, self.params.dup
         self.result = MeshSimResult(seed, self.params)
@@ -188,8 +186,7 @@ class MeshSimulation:
         self._check_final()
 
     def _step(self, liveness: bool = False) -> None:
-        when, _, kind, payload = heapq.heappop(self._queue)
-        self.now = max(self.now, when)
+        kind, payload = self.events.pop()
         if kind == "tick":
             node = self.nodes[payload]
             if node.up and node.mesh is not None:
@@ -207,9 +204,12 @@ class MeshSimulation:
                 self._world()
             self._schedule(TICK, "world", None)
 
+    @property
+    def now(self) -> int:
+        return self.events.now
+
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
-        self._order += 1
-        heapq.heappush(self._queue, (self.now + delay, self._order, kind, payload))
+        self.events.schedule(delay, kind, payload)
 
     def _clock(self, node: _Node) -> int:
         return self.now + node.offset_ms

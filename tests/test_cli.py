@@ -85,7 +85,19 @@ def test_readme_shows_the_two_commands_first() -> None:
         (["--page-size", "1000"], "'1000' is not one of '512', '1024'"),
         (["--row-images", "some"], "'some' is not one of 'minimal', 'full'"),
         (["--stream", "rows"], "unknown stream 'rows': choose statement, wal, logical, mixed"),
-        (["--topology", "leaderless"], "topology 'leaderless' is not available yet"),
+        (["--topology", "leaderless", "--replicas", "3"], "N=3 replicas need at least 3 nodes"),
+        (["--topology", "leaderless", "--sync", "quorum"], "--sync does not apply to a leaderless"),
+        (["--topology", "leaderless", "--links", "star"], "--links does not apply to a leaderless"),
+        (["--replicas", "2"], "--replicas applies to leaderless clusters only"),
+        (
+            ["--topology", "leaderless", "--tombstone-grace", "1"],
+            "1.0 s is less than 4 replica timeouts (4.0 s)",
+        ),
+        (["--topology", "multi-leader", "--lww", "t"], "--lww applies to leaderless clusters only"),
+        (
+            ["--topology", "leaderless", "--peers", "n2=127.0.0.1:8", "--write-quorum", "3"],
+            "3 is more than N=2",
+        ),
         (["--topology", "multi-leader", "--sync", "quorum"], "--sync applies to single-leader"),
         (["--topology", "multi-leader", "--resolve", "t"], "bad 't': expected TABLE=POLICY"),
         (

@@ -100,6 +100,7 @@ def test_top_level_api() -> None:
         "sqla",
         "loadgen",
         "multileader",
+        "kv_coordinator",
         "errors",
         "cli",
         "core",

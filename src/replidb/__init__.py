@@ -6,6 +6,9 @@
     cur.execute("INSERT INTO t(v) VALUES (?)", ("x",))
     conn.commit()          # the transaction's statements travel as one atomic request
 
+    kv = replidb.kv_connect("127.0.0.1:7101,...")   # a leaderless cluster's key API
+    kv.put("users", {"id": 1, "name": "ada"}); kv.get("users", 1).rows
+
 This module is a DB-API 2.0 driver; every failure is a ``replidb.Error`` (see errors.py).
 """
 
@@ -29,6 +32,7 @@ from replidb.client import (
     paramstyle,
     threadsafety,
 )
+from replidb.client.kv import KvClient, KvRead, kv_connect
 from replidb.errors import (
     BadRequest,
     Conflict,
@@ -70,6 +74,8 @@ __all__ = [
     "IntegrityError",
     "InterfaceError",
     "InternalError",
+    "KvClient",
+    "KvRead",
     "NotLeader",
     "NotSupportedError",
     "OperationalError",
@@ -85,6 +91,7 @@ __all__ = [
     "Warning",
     "apilevel",
     "connect",
+    "kv_connect",
     "paramstyle",
     "threadsafety",
 ]

@@ -26,6 +26,7 @@ def _add_optional_commands() -> None:
     from replidb.cli.changes_cmd import changes_command
     from replidb.cli.discarded_cmd import discarded
     from replidb.cli.explain_cmd import explain_replication
+    from replidb.cli.kv_cmd import kv
     from replidb.cli.sim_cmd import sim
     from replidb.cli.sql_cmd import sql
     from replidb.cli.status_cmd import status
@@ -43,6 +44,7 @@ def _add_optional_commands() -> None:
         restore_command,
         changes_command,
         bench_command,
+        kv,
     )
     for command in commands:
         cli.add_command(command)

@@ -14,10 +14,12 @@ from typing import Any
 
 import click
 
+from replidb.cli.kv_options import kv_config, kv_options, refuse_kv_options
 from replidb.cli.mesh_options import mesh_config, mesh_options
 from replidb.core import parse_policy
 from replidb.errors import Error
 from replidb.node import Node, NodeConfig
+from replidb.node.kv_server import KvNode, KvNodeConfig
 from replidb.node.mesh_server import MeshNode
 from replidb.node.process import die_with_parent
 from replidb.transport.peer import split_address
@@ -40,7 +42,7 @@ def parse_peers(text: str) -> dict[str, str]:
 
 
 _AVAILABLE = {
-    "topology": ("single-leader", "multi-leader"),
+    "topology": ("single-leader", "multi-leader", "leaderless"),
     "stream": ("statement", "wal", "logical", "mixed"),
 }
 _PLANNED = {
@@ -70,7 +72,7 @@ def cluster_options(func: Any) -> Any:
             default="single-leader",
             show_default=True,
             callback=_available,
-            help="Who accepts writes: single-leader, multi-leader (leaderless: planned).",
+            help="Who accepts writes: single-leader, multi-leader or leaderless.",
         ),
         click.option(
             "--stream",
@@ -246,6 +248,7 @@ def _check_subscription(
 )
 @cluster_options
 @mesh_options
+@kv_options
 def serve(
     node_id: str,
     data_dir: Path,
@@ -269,7 +272,7 @@ def serve(
     tick_ms: int,
     heartbeat_ms: int,
     election_timeout_ms: int,
-    **mesh: Any,
+    **more: Any,
 ) -> None:
     """Run one node in the foreground, logging one line per event to stderr.
 
@@ -290,10 +293,16 @@ def serve(
         raise click.BadParameter(str(exc)) from None
     if node_id in peer_map:
         raise click.BadParameter(f"{node_id} lists itself as a peer", param_hint="--peers")
+    single_leader = dict(stream=stream, sync_policy=sync_policy, learners=learners,
+                         join=join, subscribe=subscribe)  # fmt: skip
+    if topology != "leaderless":
+        refuse_kv_options(more)
     if topology == "multi-leader":
-        single_leader = dict(stream=stream, sync_policy=sync_policy, learners=learners,
-                             join=join, subscribe=subscribe)  # fmt: skip
-        config = mesh_config(node_id, data_dir, listen, peer_map, tick_ms, mesh, single_leader)
+        config = mesh_config(node_id, data_dir, listen, peer_map, tick_ms, more, single_leader)
+        _log_to_stderr(node_id)
+        sys.exit(_run(config))
+    if topology == "leaderless":
+        config = kv_config(node_id, data_dir, listen, peer_map, {**more, **single_leader})
         _log_to_stderr(node_id)
         sys.exit(_run(config))
     if join and not peer_map:
@@ -350,7 +359,12 @@ def _run(config: Any) -> int:
 
 async def _serve(config: Any) -> int:
     try:
-        node: Any = Node(config) if isinstance(config, NodeConfig) else MeshNode(config)
+        if isinstance(config, NodeConfig):
+            node: Any = Node(config)
+        elif isinstance(config, KvNodeConfig):
+            node = KvNode(config)
+        else:
+            node = MeshNode(config)
     except (Error, ValueError) as exc:  # the data directory does not suit these options
         click.echo(f"error: {exc}", err=True)
         return 1

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from replidb.cli.kv_status import kv_report, render_kv
 from replidb.cli.mesh_status import mesh_report, render_mesh
 from replidb.cli.options import connect_option, fail
 from replidb.client import Client, probe_status
@@ -57,6 +58,8 @@ def cluster_status(
     reachable = [s for s in found.values() if s is not None]
     if first.topology == "multi-leader":
         return mesh_report(shown, found)
+    if first.topology == "leaderless":
+        return kv_report(shown, found)
 
     claimants = [s for s in reachable if s.role == "leader"]
     leader_status = max(claimants, key=lambda s: s.term) if claimants else None
@@ -127,9 +130,10 @@ def _text(value: Any) -> str:
 
 
 def _render(report: dict[str, Any]) -> None:
-    if report.get("topology") == "multi-leader":
+    if report.get("topology") in ("multi-leader", "leaderless"):
         console = Console()
-        render_mesh(report, console if console.is_terminal else Console(width=200))
+        render = render_mesh if report["topology"] == "multi-leader" else render_kv
+        render(report, console if console.is_terminal else Console(width=200))
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     numeric = ("term", "last", "commit", "applied", "lag")

@@ -49,6 +49,10 @@ INTERNAL_TABLES = frozenset(
         "replidb_mesh_versions",
         "replidb_mesh_meta",
         "replidb_conflicts",
+        # leaderless (storage/kv_store.py)
+        "replidb_kv",
+        "replidb_kv_hints",
+        "replidb_kv_schema",
     }
 )
 REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions", "replidb_rowid_leases"})

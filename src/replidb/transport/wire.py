@@ -22,6 +22,21 @@ from replidb.core.messages import (
     VoteReply,
     VoteRequest,
 )
+from replidb.transport.kv_wire import (
+    KvCoordPut,
+    KvGet,
+    KvPurge,
+    KvPurgeCheck,
+    KvPurgeState,
+    KvPush,
+    KvReplicate,
+    KvReply,
+    KvRequest,
+    KvResult,
+    KvSchema,
+    KvTree,
+    KvTreeDiff,
+)
 
 __all__ = [
     "ChangeEvent",
@@ -159,6 +174,15 @@ class NodeStatus(msgspec.Struct, frozen=True):
     mesh_pending: int = 0  # changes received early, waiting for their dependencies
     conflicts: int = 0  # conflicts this node detected and resolved
     refused: str = ""  # the latest refusal (clock skew), if any
+    # leaderless (node/kv_server.py)
+    kv_replicas: int = 0  # N: replicas per key
+    kv_vnodes: int = 0  # virtual nodes per member on the hash ring
+    kv_r: int = 0  # the default read and write quorums
+    kv_w: int = 0
+    kv_keys: int = 0  # keys (live or tombstones) held here
+    kv_hints: dict[str, int] = {}  # hints held here, per replica they are for
+    kv_lww: list[str] = []  # tables where the latest write wins (no siblings)
+    kv_counters: dict[str, int] = {}  # read repairs, hints handed over, AE repairs, ...
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag="status_reply"):
@@ -315,6 +339,19 @@ Message = (
     | AppendReply
     | ChangeBatch
     | ChangeAck
+    | KvGet
+    | KvCoordPut
+    | KvReplicate
+    | KvReply
+    | KvRequest
+    | KvResult
+    | KvTree
+    | KvTreeDiff
+    | KvPush
+    | KvPurgeCheck
+    | KvPurgeState
+    | KvPurge
+    | KvSchema
 )
 
 _encoder = msgspec.msgpack.Encoder()

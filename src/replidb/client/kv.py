@@ -1,0 +1,347 @@
+"""Key reads and writes on a leaderless cluster (issue #9), coordinated by the client
+itself — it talks to each row's replicas directly — or, with ``via="node"``, by the
+first reachable node.
+
+    import replidb
+    kv = replidb.kv_connect("127.0.0.1:7101,127.0.0.1:7102")
+    kv.put("users", {"id": 1, "name": "ada"}, w=2)
+    read = kv.get("users", 1, r=2)
+    read.rows        # every sibling (concurrent writes), [] if absent or deleted
+    kv.put("users", {"id": 1, "name": "ada l."}, context=read.context)  # resolves them
+    kv.delete("users", 1)
+
+A put or delete without ``context`` overwrites what its coordinating replica holds;
+concurrent writes elsewhere still become siblings. ``context=[]`` writes blind (a
+sibling of everything). Errors: ``Unavailable`` (nothing written / too few answers),
+``OutcomeUnknown`` (written on fewer than W replicas: it may or may not survive),
+``BadRequest`` (no such table, no primary key, bad quorum).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from replidb.client.transport import Channel, LinkError, parse_addresses, probe_status
+from replidb.core import leaderless
+from replidb.core.hashring import HashRing
+from replidb.errors import BadRequest, Conflict, Error, InterfaceError, Unavailable, error_from_kind
+from replidb.kv_coordinator import Outcome, handoff, run_read, run_write
+from replidb.transport import wire
+from replidb.transport.framing import frame, read_message
+from replidb.transport.kv_wire import KvReply, KvRequest, KvResult, encode_key, present_rows
+from replidb.transport.peer import split_address
+
+__all__ = ["KvClient", "KvRead", "kv_connect"]
+
+Context = Sequence[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class KvRead:
+    rows: list[dict[str, Any]]  # the live siblings; [] if absent or deleted
+    context: list[tuple[str, int]]  # give it back with a write that resolves them
+
+    @property
+    def row(self) -> dict[str, Any] | None:
+        """The row, None if absent; Conflict if concurrent writes left siblings."""
+        if len(self.rows) > 1:
+            raise Conflict(
+                f"{len(self.rows)} concurrent versions (siblings): write the resolved row "
+                "with context=read.context"
+            )
+        return self.rows[0] if self.rows else None
+
+
+def kv_connect(addresses: str | Sequence[str], **options: Any) -> KvClient:
+    return KvClient(addresses, **options)
+
+
+class _Replica:
+    """The client's connection to one replica; replies go to ``on_reply``."""
+
+    def __init__(self, address: str, on_reply: Any) -> None:
+        self.address = address
+        self._on_reply = on_reply
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def ensure(self, timeout: float) -> bool:
+        if self._writer is not None and not self._writer.is_closing():
+            return True
+        host, port = split_address(self.address)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, TimeoutError):
+            return False
+        self._writer = writer
+        asyncio.get_running_loop().create_task(self._read(reader, writer))
+        return True
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (message := await read_message(reader)) is not None:
+                if isinstance(message, KvReply):
+                    self._on_reply(message)
+        except (Error, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+
+    def send(self, message: wire.Message) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(frame(message))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class KvClient:
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        via: str = "client",
+        r: int | None = None,
+        w: int | None = None,
+        timeout: float = 5.0,
+        replica_timeout: float = 1.0,
+    ) -> None:
+        if via not in ("client", "node"):
+            raise InterfaceError(f"via={via!r}: 'client' (coordinate here) or 'node'")
+        self.addresses = parse_addresses(addresses)
+        self.via = via
+        self.timeout = float(timeout)
+        self.replica_timeout = float(replica_timeout)
+        status = self._first_status()
+        if status.topology != "leaderless":
+            raise BadRequest(
+                f"{status.address} runs a {status.topology} cluster: key reads and writes "
+                "need --topology leaderless"
+            )
+        self.members = {status.id: status.address, **status.peers}
+        self.n = status.kv_replicas
+        self.ring = HashRing(sorted(self.members), status.kv_vnodes)
+        self.r = self._quorum("r", r if r is not None else status.kv_r)
+        self.w = self._quorum("w", w if w is not None else status.kv_w)
+        self.lww = frozenset(status.kv_lww)
+        self._pks: dict[str, list[str]] = {}
+        self._ids = itertools.count(1)
+        self._inboxes: dict[int, asyncio.Queue[KvReply]] = {}
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._replicas = {
+            node: _Replica(address, self._on_reply) for node, address in self.members.items()
+        }
+
+    # ---- the API -------------------------------------------------------------------
+
+    def get(self, table: str, key: Any, r: int | None = None) -> KvRead:
+        pk = self._key(table, key)
+        r = self._quorum("r", r if r is not None else self.r)
+        if self.via == "node":
+            result = self._request(KvRequest(0, "get", table, pk, r=r))
+            return KvRead(list(result.rows), [tuple(c) for c in result.context])  # type: ignore[misc]
+        read: KvRead = self._run(self._read(encode_key(table, pk), r, table in self.lww))
+        return read
+
+    def put(
+        self, table: str, row: dict[str, Any], context: Context | KvRead | None = None,
+        w: int | None = None, sloppy: bool = False,
+    ) -> None:  # fmt: skip
+        if not isinstance(row, dict):
+            raise InterfaceError(f"a row is a dict of column values, not {type(row).__name__}")
+        columns = self._pk(table)
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise BadRequest(f"the row for {table} lacks its primary key {', '.join(missing)}")
+        self._write(table, [row[c] for c in columns], row, context, w, sloppy)
+
+    def delete(
+        self, table: str, key: Any, context: Context | KvRead | None = None,
+        w: int | None = None, sloppy: bool = False,
+    ) -> None:  # fmt: skip
+        self._write(table, self._key(table, key), None, context, w, sloppy)
+
+    def close(self) -> None:
+        """Wait (briefly) for hints still being left, then close every connection."""
+        if not self._loop.is_running():
+            return
+
+        async def finish() -> None:
+            if self._pending:
+                await asyncio.wait(self._pending, timeout=self.replica_timeout * 2)
+            for replica in self._replicas.values():
+                replica.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(finish(), self._loop).result(self.timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> KvClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _write(
+        self, table: str, pk: list[Any], row: dict[str, Any] | None,
+        context: Context | KvRead | None, w: int | None, sloppy: bool,
+    ) -> None:  # fmt: skip
+        if isinstance(context, KvRead):
+            context = context.context
+        ctx = None if context is None else [(str(n), int(c)) for n, c in context]
+        w = self._quorum("w", w if w is not None else self.w)
+        if self.via == "node":
+            kind = "put" if row is not None else "delete"
+            self._request(KvRequest(0, kind, table, pk, row, ctx or [], w=w, sloppy=sloppy))
+            return
+        self._run(self._write_async(encode_key(table, pk), row, ctx, w, sloppy))
+
+    def _quorum(self, name: str, value: int) -> int:
+        if not 1 <= value <= self.n:
+            raise BadRequest(f"{name}={value} must be between 1 and N={self.n}")
+        return value
+
+    def _key(self, table: str, key: Any) -> list[Any]:
+        values = list(key) if isinstance(key, list | tuple) else [key]
+        columns = self._pk(table)
+        if len(values) != len(columns):
+            raise BadRequest(
+                f"{table}'s primary key is ({', '.join(columns)}): {len(columns)} value(s), "
+                f"got {len(values)}"
+            )
+        for value in values:
+            if not isinstance(value, int | str | bytes | float) or isinstance(value, bool):
+                raise InterfaceError(f"a key value is int, str, bytes or float, not {value!r}")
+        return values
+
+    def _pk(self, table: str) -> list[str]:
+        found = self._pks.get(table)
+        if found is None:
+            sql = "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
+            request = wire.Execute(0, [wire.Statement(sql, [table])])
+            reply = self._call(request)
+            assert isinstance(reply, wire.ExecuteReply)
+            if reply.error_kind:
+                raise error_from_kind(reply.error_kind, reply.error or "")
+            found = [str(row[0]) for row in reply.results[0].rows]
+            if not found:
+                raise BadRequest(
+                    f"no table {table} with a PRIMARY KEY: leaderless rows are addressed by key"
+                )
+            self._pks[table] = found
+        return found
+
+    def _first_status(self) -> wire.NodeStatus:
+        errors = []
+        for address in self.addresses:
+            try:
+                return probe_status(address, self.timeout)
+            except Error as exc:
+                errors.append(str(exc))
+        raise Unavailable("no node answered: " + "; ".join(errors))
+
+    def _call(self, request: Any) -> wire.Message:
+        """One request to the first node that answers."""
+        errors = []
+        for address in self.addresses:
+            deadline = time.monotonic() + self.timeout
+            try:
+                channel = Channel(address, connect_timeout=self.timeout)
+            except LinkError as exc:
+                errors.append(str(exc))
+                continue
+            try:
+                request = type(request)(**{**_fields(request), "id": next(self._ids)})
+                return channel.call(request, deadline)
+            except LinkError as exc:
+                errors.append(str(exc))
+            finally:
+                channel.close()
+        raise Unavailable("no node answered: " + "; ".join(errors))
+
+    def _request(self, request: KvRequest) -> KvResult:
+        reply = self._call(request)
+        if not isinstance(reply, KvResult):
+            raise Unavailable(f"expected a key result, got {type(reply).__name__}")
+        if reply.error_kind:
+            raise error_from_kind(reply.error_kind, reply.error or "")
+        return reply
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _on_reply(self, reply: KvReply) -> None:
+        inbox = self._inboxes.get(reply.op)
+        if inbox is not None:
+            inbox.put_nowait(reply)
+
+    def _send(self, node: str, message: wire.Message) -> None:
+        replica = self._replicas.get(node)
+        if replica is not None:
+            replica.send(message)
+
+    async def _connect(self, key: bytes) -> frozenset[str]:
+        """Connect to every node (replicas, and stand-ins for a sloppy quorum); the
+        unreachable ones."""
+        del key
+        walk = sorted(self.members)
+        ok = await asyncio.gather(*(self._replicas[n].ensure(self.replica_timeout) for n in walk))
+        return frozenset(n for n, up in zip(walk, ok, strict=True) if not up)
+
+    def _inbox(self) -> tuple[int, asyncio.Queue[KvReply]]:
+        op = next(self._ids)
+        self._inboxes[op] = asyncio.Queue()
+        return op, self._inboxes[op]
+
+    async def _read(self, key: bytes, r: int, lww: bool) -> KvRead:
+        await self._connect(key)
+        op_id, inbox = self._inbox()
+        op = leaderless.ReadOp(op_id, key, self.ring, self.n, r)
+        try:
+            await run_read(op, self._send, inbox, self.replica_timeout)
+        finally:
+            self._inboxes.pop(op_id, None)
+        assert op.clock is not None
+        return KvRead(present_rows(op.clock, lww), op.context)
+
+    async def _write_async(
+        self, key: bytes, row: dict[str, Any] | None, context: list[tuple[str, int]] | None,
+        w: int, sloppy: bool,
+    ) -> None:  # fmt: skip
+        down = await self._connect(key)
+        op_id, inbox = self._inbox()
+        op = leaderless.WriteOp(op_id, key, row, context or [], self.ring, self.n, w, sloppy, down)
+        outcome = Outcome()
+        try:
+            await run_write(op, self._send, inbox, self.replica_timeout, outcome, context is None)
+        finally:
+            task = asyncio.get_running_loop().create_task(self._handoff(op, inbox, outcome))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _handoff(
+        self, op: leaderless.WriteOp, inbox: asyncio.Queue[KvReply], outcome: Outcome
+    ) -> None:
+        try:
+            await handoff(op, self._send, inbox, outcome, self.replica_timeout)
+        finally:
+            self._inboxes.pop(op.op, None)
+
+
+def _fields(struct: Any) -> dict[str, Any]:
+    return {name: getattr(struct, name) for name in struct.__struct_fields__}

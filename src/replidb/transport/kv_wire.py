@@ -1,0 +1,224 @@
+"""The leaderless topology's messages (issue #9), and how its versions travel.
+
+A row's version history is a dotted version vector set (``core.dvv.Clock``) whose
+values are ``Version``s: the row as the coordinating replica stored it (None: a
+deletion's tombstone), its wall-clock time and that replica's id — the time only
+orders siblings for SQL readers and ``lww`` tables, never causality.
+
+Keys are bytes: msgpack of ``[table, [primary key values...]]``, so the ring hashes
+the same bytes everywhere and a replica can recover the table and key from them.
+
+Replica requests (``KvGet``, ``KvCoordPut``, ``KvReplicate``) come from a client that
+coordinates itself, on its own connection, or from a node coordinating for a client,
+over the peer links; both are answered with ``KvReply``. ``KvRequest`` asks a node to
+coordinate a whole read or write (``KvResult``). ``KvTree``/``KvTreeDiff``/``KvPush``
+are anti-entropy, ``KvPurgeCheck``/``KvPurgeState``/``KvPurge`` tombstone removal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from replidb.core import dvv
+
+__all__ = [
+    "KvCoordPut",
+    "KvGet",
+    "KvItem",
+    "KvPurge",
+    "KvPurgeCheck",
+    "KvPurgeState",
+    "KvPush",
+    "KvReplicate",
+    "KvReply",
+    "KvRequest",
+    "KvResult",
+    "KvSchema",
+    "KvTree",
+    "KvTreeDiff",
+    "Version",
+    "clock_from_bytes",
+    "clock_to_bytes",
+    "decode_key",
+    "encode_key",
+    "present_rows",
+]
+
+
+class Version(msgspec.Struct, frozen=True, array_like=True):
+    ts: int  # the coordinator's wall clock, ms
+    node: str  # the coordinator
+    row: dict[str, Any] | None  # None: deleted (a tombstone)
+
+
+class _Entry(msgspec.Struct, frozen=True, array_like=True):
+    node: str
+    counter: int
+    values: list[Version]
+
+
+class _Clock(msgspec.Struct, frozen=True, array_like=True):
+    entries: list[_Entry]
+    anonymous: list[Version]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_clock_decoder = msgspec.msgpack.Decoder(_Clock)
+_key_decoder = msgspec.msgpack.Decoder(tuple[str, list[Any]])
+
+
+def clock_to_bytes(clock: dvv.Clock) -> bytes:
+    return _encoder.encode(
+        _Clock(
+            [_Entry(e.node, e.counter, list(e.values)) for e in clock.entries],
+            list(clock.anonymous),
+        )
+    )
+
+
+def clock_from_bytes(data: bytes) -> dvv.Clock:
+    raw = _clock_decoder.decode(data)
+    return dvv.Clock(
+        tuple(dvv.Entry(e.node, e.counter, tuple(e.values)) for e in raw.entries),
+        tuple(raw.anonymous),
+    )
+
+
+def present_rows(clock: dvv.Clock, lww: bool) -> list[dict[str, Any]]:
+    """The rows a key read returns: every live sibling; in an lww table only the one
+    with the largest (time, coordinator)."""
+    live = [v for v in dvv.values(clock) if isinstance(v, Version) and v.row is not None]
+    if lww and live:
+        live = [max(live, key=lambda v: (v.ts, v.node))]
+    return [v.row for v in live if v.row is not None]
+
+
+def encode_key(table: str, pk: list[Any]) -> bytes:
+    return _encoder.encode([table, pk])
+
+
+def decode_key(key: bytes) -> tuple[str, list[Any]]:
+    return _key_decoder.decode(key)
+
+
+class KvGet(msgspec.Struct, frozen=True, tag="kv_get"):
+    op: int
+    key: bytes
+
+
+class KvCoordPut(msgspec.Struct, frozen=True, tag="kv_coord_put"):
+    """Coordinate a client's write: stamp a new dot after ``context``."""
+
+    op: int
+    key: bytes
+    context: list[tuple[str, int]]
+    row: dict[str, Any] | None  # None: delete
+    use_current: bool = False  # no context given: supersede what the coordinator holds
+
+
+class KvReplicate(msgspec.Struct, frozen=True, tag="kv_replicate"):
+    """Keep this clock (merged with yours); with ``hint_for``, hold it for that
+    replica, which did not answer, and hand it over when it can be reached."""
+
+    op: int
+    key: bytes
+    clock: bytes  # clock_to_bytes
+    hint_for: str = ""
+    handoff: bool = False  # a hint handed over by the node that held it
+
+
+class KvReply(msgspec.Struct, frozen=True, tag="kv_reply"):
+    op: int
+    sender: str
+    key: bytes
+    clock: bytes = b""  # the replica's clock for the key after the request
+    error: str = ""  # the request failed here (e.g. no such table yet)
+
+
+class KvRequest(msgspec.Struct, frozen=True, tag="kv_request"):
+    """Ask a node to coordinate one read or write for a client that does not."""
+
+    id: int
+    kind: str  # get | put | delete
+    table: str
+    key: list[Any] = []  # primary key values (put: taken from ``row``)
+    row: dict[str, Any] | None = None
+    context: list[tuple[str, int]] = []
+    r: int = 0  # 0: the cluster's default
+    w: int = 0
+    sloppy: bool = False
+    timeout_ms: int = 2000
+
+
+class KvResult(msgspec.Struct, frozen=True, tag="kv_result"):
+    id: int
+    rows: list[dict[str, Any]] = []  # the live siblings (get)
+    context: list[tuple[str, int]] = []
+    error_kind: str | None = None
+    error: str | None = None
+
+
+class KvItem(msgspec.Struct, frozen=True, array_like=True):
+    key: bytes
+    clock: bytes
+
+
+class KvTree(msgspec.Struct, frozen=True, tag="kv_tree"):
+    """Anti-entropy: the Merkle leaves of the keys both sender and receiver hold."""
+
+    op: int
+    sender: str
+    depth: int
+    leaves: list[bytes]
+    schema: list[str] = []  # the sender's DDL, in the order it ran it
+
+
+class KvTreeDiff(msgspec.Struct, frozen=True, tag="kv_tree_diff"):
+    """The buckets that differ, with the receiver's rows in them."""
+
+    op: int
+    sender: str
+    buckets: list[int]
+    items: list[KvItem]
+    schema: list[str] = []
+
+
+class KvPush(msgspec.Struct, frozen=True, tag="kv_push"):
+    """The initiator's rows in the differing buckets, to merge."""
+
+    op: int
+    sender: str
+    items: list[KvItem]
+
+
+class KvPurgeCheck(msgspec.Struct, frozen=True, tag="kv_purge_check"):
+    op: int
+    sender: str
+    keys: list[bytes]
+
+
+class KvPurgeState(msgspec.Struct, frozen=True, tag="kv_purge_state"):
+    """Per key asked: the replica's clock (b"" if none) and whether it holds a hint."""
+
+    op: int
+    sender: str
+    clocks: list[bytes]
+    hinted: list[bool]
+
+
+class KvPurge(msgspec.Struct, frozen=True, tag="kv_purge"):
+    """Forget these tombstones, if the clock is still exactly this one."""
+
+    op: int
+    sender: str
+    items: list[KvItem]
+
+
+class KvSchema(msgspec.Struct, frozen=True, tag="kv_schema"):
+    """A node's DDL, in the order it ran it: run what you lack (answered by KvReply)."""
+
+    op: int
+    sender: str
+    schema: list[str]

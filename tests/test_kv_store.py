@@ -1,0 +1,141 @@
+"""A leaderless replica's store (storage/kv_store.py): versions and rows change
+together, siblings and lww, tombstones, hints, captured SQL writes, schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replidb.core import dvv
+from replidb.errors import BadRequest
+from replidb.storage.kv_store import KvStore
+from replidb.transport.kv_wire import clock_to_bytes, encode_key, present_rows
+from replidb.transport.wire import Statement
+
+
+def _store(tmp_path: Path, node: str = "n1", lww: tuple[str, ...] = ()) -> KvStore:
+    store = KvStore(tmp_path / node / "kv.db", node, lww)
+    store.run_ddl(
+        ["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", "CREATE TABLE e(k TEXT PRIMARY KEY, v)"],
+        strict=True,
+    )
+    return store
+
+
+def _rows(store: KvStore, table: str = "t") -> list[list[object]]:
+    return [list(r) for r in store.writer.execute(f"SELECT * FROM {table} ORDER BY 1")]
+
+
+def test_a_coordinated_write_stores_the_version_and_the_row(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    key = encode_key("t", [1])
+    clock = store.coordinate(key, [], {"id": 1, "v": "a"}, now_ms=10)
+    assert dvv.join(clock) == [("n1", 1)]
+    assert _rows(store) == [[1, "a"]]
+    assert store.clock(key) == clock
+    # With the context it read, the next write replaces it.
+    store.coordinate(key, dvv.join(clock), {"id": 1, "v": "b"}, now_ms=11)
+    assert _rows(store) == [[1, "b"]]
+    assert present_rows(store.clock(key) or dvv.Clock(), lww=False) == [{"id": 1, "v": "b"}]
+
+
+def test_concurrent_writes_are_siblings_and_sql_sees_the_latest(tmp_path: Path) -> None:
+    a, b = _store(tmp_path, "n1"), _store(tmp_path, "n2")
+    key = encode_key("t", [7])
+    ca = a.coordinate(key, [], {"id": 7, "v": "from a"}, now_ms=100)
+    cb = b.coordinate(key, [], {"id": 7, "v": "from b"}, now_ms=200)
+    merged, changed = a.receive(key, cb, now_ms=300)
+    assert changed
+    assert sorted(r["v"] for r in present_rows(merged, lww=False)) == ["from a", "from b"]
+    assert _rows(a) == [[7, "from b"]]  # the larger time, for SQL readers
+    # b gets a's version: the same clock, the same row.
+    merged_b, _ = b.receive(key, ca, now_ms=300)
+    assert merged_b == merged and _rows(b) == _rows(a)
+    # Receiving what it already holds changes nothing.
+    assert a.receive(key, ca, now_ms=400)[1] is False
+
+
+def test_lww_tables_answer_one_version_and_writes_supersede_all(tmp_path: Path) -> None:
+    a, b = _store(tmp_path, "n1", lww=("e",)), _store(tmp_path, "n2", lww=("e",))
+    key = encode_key("e", ["x"])
+    a.coordinate(key, [], {"k": "x", "v": 1}, now_ms=100)
+    cb = b.coordinate(key, [], {"k": "x", "v": 2}, now_ms=200)
+    merged, _ = a.receive(key, cb, now_ms=300)
+    assert present_rows(merged, lww=True) == [{"k": "x", "v": 2}]
+    # A blind write on an lww table supersedes everything its coordinator holds.
+    after = a.coordinate(key, [], {"k": "x", "v": 3}, now_ms=400)
+    assert [r["v"] for r in present_rows(after, lww=False)] == [3]
+
+
+def test_a_deletion_is_a_tombstone_until_purged_with_the_same_clock(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    key = encode_key("t", [1])
+    clock = store.coordinate(key, [], {"id": 1, "v": "a"}, now_ms=10)
+    tomb = store.coordinate(key, dvv.join(clock), None, now_ms=20)
+    assert _rows(store) == []
+    assert store.old_tombstones(before_ms=21) == [key]
+    assert store.old_tombstones(before_ms=20) == []  # not old enough
+    assert not store.purge(key, clock_to_bytes(clock))  # not this clock: kept
+    assert store.purge(key, clock_to_bytes(tomb))
+    assert store.clock(key) is None and store.count() == 0
+
+
+def test_hints_are_kept_per_replica_until_dropped_or_expired(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    key = encode_key("t", [1])
+    clock = dvv.update(dvv.new([], None), dvv.Clock(), "n2")
+    store.add_hint("n3", key, clock, now_ms=100)
+    store.add_hint("n3", key, clock, now_ms=200)
+    assert store.hint_counts() == {"n3": 2} and store.hinted(key)
+    (first, _, data), _second = store.hints_for("n3", 10)
+    assert data == clock_to_bytes(clock)
+    store.drop_hint(first)
+    assert store.expire_hints(before_ms=150) == 0
+    assert store.expire_hints(before_ms=250) == 1
+    assert store.hint_counts() == {} and not store.hinted(key)
+    assert _rows(store) == []  # a hint is not data here
+
+
+def test_sql_writes_are_captured_and_rolled_back(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.coordinate(encode_key("t", [1]), [], {"id": 1, "v": "a"}, now_ms=1)
+    results, rows, ddl = store.capture_write(
+        [Statement("INSERT INTO t VALUES (2, 'b')"), Statement("UPDATE t SET v = 'z' WHERE id = 1")]
+    )
+    assert results[1].rowcount == 1 and not ddl
+    assert sorted(rows, key=lambda r: r[1]) == [
+        ("t", [1], {"id": 1, "v": "z"}),
+        ("t", [2], {"id": 2, "v": "b"}),
+    ]
+    assert _rows(store) == [[1, "a"]]  # nothing applied: the rows go through a quorum
+    _, rows, _ = store.capture_write([Statement("DELETE FROM t WHERE id = 1")])
+    assert rows == [("t", [1], None)]
+    with pytest.raises(BadRequest, match="separate requests"):
+        store.capture_write([Statement("CREATE TABLE u(id INTEGER PRIMARY KEY); "
+                                       "INSERT INTO t VALUES (3, 'c')")])  # fmt: skip
+
+
+def test_schema_from_other_nodes_runs_once_in_order(tmp_path: Path) -> None:
+    a, b = _store(tmp_path, "n1"), _store(tmp_path, "n2")
+    a.run_ddl(["CREATE TABLE u(id INTEGER PRIMARY KEY)"], strict=True)
+    assert b.run_ddl(a.schema(), strict=False) == ["CREATE TABLE u(id INTEGER PRIMARY KEY)"]
+    assert b.run_ddl(a.schema(), strict=False) == []
+    assert b.schema() == a.schema()
+    # A statement that fails here (the table exists) is recorded, not retried forever.
+    b.writer.execute("CREATE TABLE w(id INTEGER PRIMARY KEY)")
+    assert b.run_ddl(["CREATE TABLE w(id INTEGER PRIMARY KEY)"], strict=False)
+    with pytest.raises(BadRequest):
+        a.run_ddl(["CREATE TABLE t(id INTEGER PRIMARY KEY)"], strict=True)
+
+
+def test_keys_need_a_primary_key_and_a_known_table(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.run_ddl(["CREATE TABLE nokey(v)"], strict=True)
+    with pytest.raises(BadRequest, match="no PRIMARY KEY"):
+        store.key_of("nokey", {"v": 1})
+    with pytest.raises(BadRequest, match="no such table: nope"):
+        store.key_of("nope", {"id": 1})
+    with pytest.raises(BadRequest, match="lacks its primary key id"):
+        store.key_of("t", {"v": 1})
+    assert store.key_of("t", {"id": 5, "v": 1}) == encode_key("t", [5])

@@ -4,7 +4,8 @@ Starts `replidb cluster up`, writes on the leader, reads the rows back from each
 follower, writes once more through the Python DB-API driver connected to a follower,
 prints `replidb status`, grows the cluster by a fourth node, and stops every process
 it started. Then three multi-leader nodes take conflicting writes across a partition
-and converge (scripts/demo_multileader.py).
+and converge (scripts/demo_multileader.py), and three leaderless nodes show quorums,
+siblings and hinted handoff (scripts/demo_leaderless.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import demo_leaderless
 import demo_multileader
 
 BIN = Path(sys.executable).parent
@@ -177,6 +179,8 @@ def main() -> int:
     print("\ncluster stopped; no process left behind.")
     demo_multileader.act(workdir, free_base_port(base + 20), REPLIDB, run, stop)
     print("\nmulti-leader nodes stopped.")
+    demo_leaderless.act(workdir, free_base_port(base + 40), REPLIDB, run, stop)
+    print("\nleaderless nodes stopped.")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

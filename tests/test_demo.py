@@ -25,3 +25,4 @@ def test_demo_runs_end_to_end_and_leaves_no_process() -> None:
     assert "leader elected" in out
     assert out.count("Tromsø") == 2, "each follower should show the row written through it"
     assert "no process left behind" in out
+    assert "Grace Hopper" in out and "leaderless nodes stopped" in out

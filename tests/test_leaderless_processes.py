@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import threading
@@ -26,9 +25,10 @@ import pytest
 import replidb
 from replidb.client.kv import KvClient
 from replidb.core.hashring import HashRing
-from replidb.errors import Error, OutcomeUnknown
+from replidb.errors import OutcomeUnknown
+from replidb.testing.kv_history import HistoryWorker, final_state
 from replidb.testing.local_cluster import LocalCluster, wait_until
-from replidb.testing.sim_leaderless import Event, Params, check_history
+from replidb.testing.sim_leaderless import Params, check_history
 from replidb.transport.kv_wire import encode_key
 
 pytestmark = pytest.mark.slow
@@ -72,48 +72,6 @@ def _create(cluster: LocalCluster, sql: str) -> None:
     )
 
 
-class Worker(threading.Thread):
-    """Read a key (R=2), then write it with the context read (W=2): every write's
-    causal past is known, so the checker can judge every read."""
-
-    def __init__(self, name: str, client: KvClient, keys: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.name, self.client, self.keys, self.stop = name, client, keys, stop
-        self.history: list[Event] = []
-        self.rng = random.Random(name)
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            key = self.rng.randrange(self.keys)
-            read = Event("read", encode_key("t", [key]), time.monotonic_ns())
-            try:
-                found = self.client.get("t", key)
-                read.seen = tuple(sorted(row["tag"] for row in found.rows))
-                read.outcome = "ok"
-            except Error:
-                read.outcome = "failed"
-                found = None
-            read.end = time.monotonic_ns()
-            self.history.append(read)
-            if found is None:
-                continue
-            tag = f"{self.name}-{i}"
-            write = Event("write", read.key, time.monotonic_ns(), value=tag, tag=tag,
-                          context_tags=frozenset(read.seen))  # fmt: skip
-            try:
-                self.client.put("t", {"id": key, "tag": tag}, context=found)
-                write.outcome = "ok"
-            except OutcomeUnknown:
-                write.outcome = "unknown"
-            except Error:
-                write.outcome = "failed"
-            write.end = time.monotonic_ns()
-            self.history.append(write)
-            time.sleep(0.005)
-
-
 def test_a_killed_replica_gets_its_hints_and_the_history_checks_out(tmp_path: Path) -> None:
     cluster = _cluster(tmp_path, "--anti-entropy-interval", "0", "--replica-timeout-ms", "500")
     try:
@@ -121,7 +79,7 @@ def test_a_killed_replica_gets_its_hints_and_the_history_checks_out(tmp_path: Pa
         stop = threading.Event()
         clients = [KvClient(cluster.connect, replica_timeout=0.5) for _ in range(3)]
         clients.append(KvClient(cluster.addresses["n1"], via="node"))
-        workers = [Worker(f"c{i}", c, 8, stop) for i, c in enumerate(clients)]
+        workers = [HistoryWorker(f"c{i}", c, 8, stop) for i, c in enumerate(clients)]
         for worker in workers:
             worker.start()
         time.sleep(3)
@@ -154,10 +112,7 @@ def test_a_killed_replica_gets_its_hints_and_the_history_checks_out(tmp_path: Pa
         acked = [e for e in writes if e.outcome == "ok"]
         assert len(acked) > 200 and len(reads) > 200
         final_client = KvClient(cluster.connect)
-        final = {}
-        for key in range(8):
-            rows = final_client.get("t", key, r=3).rows
-            final[encode_key("t", [key])] = ({row["tag"] for row in rows}, set())
+        final = final_state(final_client, 8)
         final_client.close()
         params = Params(nodes=3, n=3, r=2, w=2, sloppy=False, keys=8, clients=4, loss=0.0,
                         max_delay=0, fault_rate=0.0)  # fmt: skip

@@ -393,6 +393,7 @@ def cluster() -> None:
 @click.option("--port", default=7101, show_default=True, type=click.IntRange(1, 65000))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @cluster_options
+@kv_options
 def up(nodes: int, base_dir: Path, port: int, host: str, **options: Any) -> None:
     """Run N nodes on HOST, ports PORT.., data in DIR/nID, until Ctrl-C.
 

@@ -484,14 +484,18 @@ def stale_reads(
     acked = [e for e in history if e.kind == "write" and e.outcome == "ok"]
     found = []
     for read in (e for e in history if e.kind == "read" and e.outcome == "ok"):
-        for write in acked:
-            earlier = write.key == read.key and write.end < read.start
-            gone = write.tag in buried(read.key, read.start)
-            if earlier and not gone and not _covers(past, read.seen, write.tag):
-                found.append(
-                    f"read of {read.key!r} at {read.start} returned {list(read.seen)}, "
-                    f"missing {write.tag} acknowledged at {write.end}"
-                )
+        missing = [
+            write for write in acked
+            if write.key == read.key and write.end < read.start
+            and write.tag not in buried(read.key, read.start)
+            and not _covers(past, read.seen, write.tag)
+        ]  # fmt: skip
+        if missing:  # one line per stale read, however many writes it missed
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            found.append(
+                f"read of {read.key!r} at {read.start} returned {list(read.seen)}, "
+                f"missing {missing[0].tag} acknowledged at {missing[0].end}{more}"
+            )
     return found
 
 

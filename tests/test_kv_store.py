@@ -15,7 +15,7 @@ from replidb.transport.wire import Statement
 
 
 def _store(tmp_path: Path, node: str = "n1", lww: tuple[str, ...] = ()) -> KvStore:
-    store = KvStore(tmp_path / node / "kv.db", node, lww)
+    store = KvStore(tmp_path / node / "kv.db", node, 1_000_000, lww)
     store.run_ddl(
         ["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", "CREATE TABLE e(k TEXT PRIMARY KEY, v)"],
         strict=True,
@@ -31,7 +31,7 @@ def test_a_coordinated_write_stores_the_version_and_the_row(tmp_path: Path) -> N
     store = _store(tmp_path)
     key = encode_key("t", [1])
     clock = store.coordinate(key, [], {"id": 1, "v": "a"}, now_ms=10)
-    assert dvv.join(clock) == [("n1", 1)]
+    assert dvv.join(clock) == [(store.actor, 1)] and store.actor.startswith("n1.")
     assert _rows(store) == [[1, "a"]]
     assert store.clock(key) == clock
     # With the context it read, the next write replaces it.
@@ -74,10 +74,10 @@ def test_a_deletion_is_a_tombstone_until_purged_with_the_same_clock(tmp_path: Pa
     clock = store.coordinate(key, [], {"id": 1, "v": "a"}, now_ms=10)
     tomb = store.coordinate(key, dvv.join(clock), None, now_ms=20)
     assert _rows(store) == []
-    assert store.old_tombstones(before_ms=21) == [key]
+    assert store.old_tombstones(before_ms=21) == [(key, 20)]
     assert store.old_tombstones(before_ms=20) == []  # not old enough
-    assert not store.purge(key, clock_to_bytes(clock))  # not this clock: kept
-    assert store.purge(key, clock_to_bytes(tomb))
+    assert not store.purge(key, clock_to_bytes(clock), now_ms=30)  # not this clock: kept
+    assert store.purge(key, clock_to_bytes(tomb), now_ms=30)
     assert store.clock(key) is None and store.count() == 0
 
 
@@ -139,3 +139,106 @@ def test_keys_need_a_primary_key_and_a_known_table(tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match="lacks its primary key id"):
         store.key_of("t", {"v": 1})
     assert store.key_of("t", {"id": 5, "v": 1}) == encode_key("t", [5])
+
+
+def test_after_a_purge_old_contexts_cannot_supersede_new_writes(tmp_path: Path) -> None:
+    """Dots never repeat: a reader's context from before the purge does not cover a
+    write made after it (it would be dropped silently), here or on another replica."""
+    a, b = _store(tmp_path, "n1"), _store(tmp_path, "n2")
+    key = encode_key("t", [1])
+    first = a.coordinate(key, [], {"id": 1, "v": "v1"}, now_ms=10)
+    tomb = a.coordinate(key, dvv.join(first), None, now_ms=20)
+    b.receive(key, tomb, now_ms=20)
+    stale_context = dvv.join(tomb)  # a reader saw the deletion
+    for store in (a, b):
+        assert store.purge(key, clock_to_bytes(tomb), now_ms=30)
+    a.forget_purged(before_ms=31)  # the purged clock forgotten: the floor remains
+    after = a.coordinate(key, [], {"id": 1, "v": "new"}, now_ms=40, use_current=True)
+    late = b.coordinate(key, stale_context, {"id": 1, "v": "late"}, now_ms=50)
+    merged, _ = a.receive(key, late, now_ms=60)
+    assert sorted(r["v"] for r in present_rows(merged, lww=False)) == ["late", "new"]
+    assert after != late
+
+
+def test_a_late_copy_of_what_a_purged_deletion_superseded_is_dropped(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    key = encode_key("t", [1])
+    first = store.coordinate(key, [], {"id": 1, "v": "v1"}, now_ms=10)
+    tomb = store.coordinate(key, dvv.join(first), None, now_ms=20)
+    assert store.purge(key, clock_to_bytes(tomb), now_ms=30)
+    for late in (first, tomb):  # a client's late replicate, a read repair
+        assert store.receive(key, late, now_ms=40) == (tomb, False)
+    assert store.clock(key) is None and _rows(store) == []
+    # Something the deletion did not see (concurrent with it) is kept.
+    other = _store(tmp_path, "n2").coordinate(key, [], {"id": 1, "v": "concurrent"}, 15)
+    assert store.receive(key, other, now_ms=50)[1] and _rows(store) == [[1, "concurrent"]]
+
+
+def test_a_restarted_replica_coordinates_as_a_new_actor(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    actor = store.actor
+    store.close()
+    again = KvStore(tmp_path / "n1" / "kv.db", "n1", 1_000_000)
+    assert again.actor != actor  # (a restored file cannot hand out a dot again)
+
+
+def test_lww_deletes_win_when_later(tmp_path: Path) -> None:
+    a, b = _store(tmp_path, "n1", lww=("e",)), _store(tmp_path, "n2", lww=("e",))
+    key = encode_key("e", ["x"])
+    put = a.coordinate(key, [], {"k": "x", "v": 1}, now_ms=50)
+    delete = b.coordinate(key, [], None, now_ms=100)
+    merged, _ = a.receive(key, delete, now_ms=200)
+    assert present_rows(merged, lww=True) == [] and _rows(a, "e") == []
+    b.receive(key, put, now_ms=200)
+    assert _rows(b, "e") == []
+
+
+def test_keys_are_normalized_by_affinity_and_composite_keys_keep_key_order(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    assert store.key("t", ["1"]) == store.key("t", [1.0]) == encode_key("t", [1])
+    assert store.key("e", [5]) == encode_key("e", ["5"])
+    with pytest.raises(BadRequest, match="is not as the table stores it"):
+        store.check_key(encode_key("t", ["1"]))
+    store.run_ddl(["CREATE TABLE p(a TEXT, b TEXT, v, PRIMARY KEY(b, a))"], strict=True)
+    _, rows, _ = store.capture_write([Statement("INSERT INTO p VALUES ('x', 'y', 1)")])
+    assert rows == [("p", ["y", "x"], {"a": "x", "b": "y", "v": 1})]
+    assert store.key_of("p", {"a": "x", "b": "y"}) == store.key("p", ["y", "x"])
+    store.coordinate(store.key("p", ["y", "x"]), [], rows[0][2], now_ms=1)
+    assert _rows(store, "p") == [["x", "y", 1]]
+
+
+def test_secondary_unique_constraints_are_refused_and_drop_table_forgets_versions(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(BadRequest, match="cannot have UNIQUE constraints"):
+        store.run_ddl(["CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE)"], strict=True)
+    with pytest.raises(BadRequest, match="cannot have UNIQUE constraints"):
+        store.run_ddl(["CREATE UNIQUE INDEX tv ON t(v)"], strict=True)
+    assert "u" not in [r[0] for r in store.writer.execute("SELECT name FROM sqlite_master")]
+    store.coordinate(encode_key("e", ["k"]), [], {"k": "k", "v": 1}, now_ms=1)
+    store.run_ddl(["DROP TABLE e"], strict=True)
+    assert store.count() == 0
+
+
+def test_rows_with_unknown_columns_or_odd_values_are_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    key = encode_key("t", [1])
+    with pytest.raises(BadRequest, match="table t has no column nope"):
+        store.coordinate(key, [], {"id": 1, "nope": 2}, now_ms=1)
+    with pytest.raises(BadRequest, match="column v: dict is not a value SQLite stores"):
+        store.coordinate(key, [], {"id": 1, "v": {"a": 1}}, now_ms=1)
+    assert store.count() == 0
+
+
+def test_a_write_stored_under_two_dots_is_read_once(tmp_path: Path) -> None:
+    """A coordinator that answered too late, and the next one, both stored it."""
+    a, b = _store(tmp_path, "n1"), _store(tmp_path, "n2")
+    key = encode_key("t", [1])
+    first = a.coordinate(key, [], {"id": 1, "v": "x"}, now_ms=1, wid="w1")
+    second = b.coordinate(key, [], {"id": 1, "v": "x"}, now_ms=2, wid="w1")
+    merged, _ = a.receive(key, second, now_ms=3)
+    assert len(dvv.values(merged)) == 2 and first != second
+    assert present_rows(merged, lww=False) == [{"id": 1, "v": "x"}]

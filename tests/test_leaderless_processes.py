@@ -210,6 +210,15 @@ def test_siblings_lww_sql_and_deletions_that_stay_deleted(tmp_path: Path) -> Non
         assert put.returncode == 0, put.stderr
         got = _cli("kv", "get", "--connect", cluster.addresses["n3"], "t", "4", "--via", "node")
         assert json.loads(got.stdout)["rows"] == [{"id": 4, "v": "cli"}]
+        # Bad input: one line naming it, whoever coordinates.
+        via_node = KvClient(cluster.addresses["n2"], via="node")
+        for client in (kv, via_node):
+            with pytest.raises(replidb.BadRequest, match="table t has no column nope"):
+                client.put("t", {"id": 9, "nope": 1})
+        with pytest.raises(replidb.BadRequest, match="cannot have UNIQUE constraints"):
+            _create(cluster, "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE)")
+        assert via_node.get("t", "4").rows == [{"id": 4, "v": "cli"}]  # "4": the key 4
+        via_node.close()
         bad = _cli("kv", "get", "--connect", cluster.connect, "t", "4", "-r", "4")
         assert bad.returncode == 1 and bad.stderr.strip() == "error: r=4 must be between 1 and N=3"
         # A deletion n3 misses (it is down): a hint, then purged everywhere once n3 has

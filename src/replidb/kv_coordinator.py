@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from replidb.core import leaderless
-from replidb.errors import OutcomeUnknown, Unavailable
+from replidb.errors import BadRequest, Error, OutcomeUnknown, Unavailable, error_from_kind
 from replidb.transport import wire
 from replidb.transport.kv_wire import (
     KvCoordPut,
@@ -37,14 +37,15 @@ __all__ = ["Outcome", "handoff", "run_read", "run_write", "to_wire"]
 Send = Callable[[str, wire.Message], None]
 
 
-def to_wire(message: Any, use_current: bool = False) -> wire.Message:
+def to_wire(message: Any, use_current: bool = False, wid: str = "") -> wire.Message:
     """A core.leaderless message as it travels. ``use_current``: the write came with
-    no context; its coordinator supersedes what it holds (a plain overwrite)."""
+    no context; its coordinator supersedes what it holds (a plain overwrite). ``wid``:
+    the write's id, the same on every coordinator it is tried on."""
     if isinstance(message, leaderless.Get):
         return KvGet(message.op, message.key)
     if isinstance(message, leaderless.CoordPut):
         return KvCoordPut(
-            message.op, message.key, list(message.context), message.value, use_current
+            message.op, message.key, list(message.context), message.value, use_current, wid
         )
     if isinstance(message, leaderless.Replicate):
         return KvReplicate(message.op, message.key, clock_to_bytes(message.clock), message.hint_for)
@@ -55,10 +56,18 @@ def to_wire(message: Any, use_current: bool = False) -> wire.Message:
 class Outcome:
     answered: set[str] = field(default_factory=set)  # replicas that answered, ever
     errors: dict[str, str] = field(default_factory=dict)
+    error_kinds: set[str] = field(default_factory=set)
     repairs: int = 0  # a read: replicas sent the merged clock (read repair)
 
     def describe(self) -> str:
         return "; ".join(f"{node}: {why}" for node, why in sorted(self.errors.items()))
+
+    def clients_fault(self) -> Error | None:
+        """The replicas refused the request as bad input, all for the same reason:
+        that error, once, rather than 'unavailable'."""
+        if self.error_kinds == {BadRequest.kind} and len(set(self.errors.values())) == 1:
+            return error_from_kind(BadRequest.kind, next(iter(self.errors.values())))
+        return None
 
 
 async def _drive(
@@ -69,12 +78,13 @@ async def _drive(
     needed: int,
     outcome: Outcome,
     use_current: bool = False,
+    wid: str = "",
 ) -> None:
     def out_to(messages: list[tuple[str, Any]]) -> None:
         for node, message in messages:
             if isinstance(op, leaderless.ReadOp) and isinstance(message, leaderless.Replicate):
                 outcome.repairs += 1
-            send(node, to_wire(message, use_current))
+            send(node, to_wire(message, use_current, wid))
 
     out_to(op.start())
     loop = asyncio.get_running_loop()
@@ -86,8 +96,11 @@ async def _drive(
             out = op.timeout()
             deadline = loop.time() + phase_timeout
         else:
+            if reply.key != op.key:
+                continue  # (an answer to an older operation with the same number)
             if reply.error:
                 outcome.errors[reply.sender] = reply.error
+                outcome.error_kinds.add(reply.error_kind)
                 coordinator_failed = (
                     isinstance(op, leaderless.WriteOp)
                     and op.clock is None
@@ -111,15 +124,18 @@ async def run_write(
     phase_timeout: float,
     outcome: Outcome,
     use_current: bool = False,
+    wid: str = "",
 ) -> None:
     """Raise Unavailable if nothing was written, OutcomeUnknown if too few replicas
     acknowledged a write some may hold. ``outcome`` is filled in either way."""
-    await _drive(op, send, inbox, phase_timeout, op.w, outcome, use_current)
+    await _drive(op, send, inbox, phase_timeout, op.w, outcome, use_current, wid)
     if op.ok:
         return
     detail = f" ({outcome.describe()})" if outcome.errors else ""
     if op.clock is None:
-        raise Unavailable(f"no replica of the key took the write{detail}")
+        raise outcome.clients_fault() or Unavailable(
+            f"no replica of the key took the write{detail}"
+        )
     raise OutcomeUnknown(
         f"only {len(op.acked)} of the W={op.w} replicas acknowledged the write{detail}: "
         "it is held by some and may or may not survive"
@@ -132,7 +148,14 @@ async def run_read(
     outcome = Outcome()
     await _drive(op, send, inbox, phase_timeout, op.r, outcome)
     if not op.ok:
+        fault = outcome.clients_fault()
+        if fault is not None:
+            raise fault
         detail = f" ({outcome.describe()})" if outcome.errors else ""
+        if op.clock is not None:
+            raise Unavailable(
+                f"the read's repairs were not acknowledged by {op.r} replicas{detail}"
+            )
         got = len(op.replies)
         raise Unavailable(f"only {got} of the R={op.r} replicas answered the read{detail}")
     return outcome
@@ -158,7 +181,7 @@ async def handoff(
             reply = await asyncio.wait_for(inbox.get(), max(deadline - loop.time(), 0.0))
         except TimeoutError:
             break
-        if not reply.error and reply.sender in missing:
+        if not reply.error and reply.key == op.key and reply.sender in missing:
             missing.remove(reply.sender)
     clock = clock_to_bytes(op.clock)
     for node in missing:

@@ -33,7 +33,13 @@ def _options(func: Any) -> Any:
         type=click.Choice(["client", "node"]),
         help="Who coordinates: this command (it talks to each replica) or the first node.",
     )(func)
-    func = click.option("--timeout", default=5.0, show_default=True, type=float)(func)
+    func = click.option(
+        "--timeout",
+        default=10.0,
+        show_default=True,
+        type=click.FloatRange(0, min_open=True),
+        help="Seconds to wait for an answer.",
+    )(func)
     return connect_option("Nodes of the leaderless cluster (the first that answers).")(func)
 
 

@@ -20,8 +20,10 @@ sibling of everything). Errors: ``Unavailable`` (nothing written / too few answe
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -31,11 +33,27 @@ from typing import Any
 from replidb.client.transport import Channel, LinkError, parse_addresses, probe_status
 from replidb.core import leaderless
 from replidb.core.hashring import HashRing
-from replidb.errors import BadRequest, Conflict, Error, InterfaceError, Unavailable, error_from_kind
+from replidb.errors import (
+    BadRequest,
+    Conflict,
+    Error,
+    InterfaceError,
+    OutcomeUnknown,
+    Unavailable,
+    error_from_kind,
+)
 from replidb.kv_coordinator import Outcome, handoff, run_read, run_write
 from replidb.transport import wire
 from replidb.transport.framing import frame, read_message
-from replidb.transport.kv_wire import KvReply, KvRequest, KvResult, encode_key, present_rows
+from replidb.transport.kv_wire import (
+    KvReply,
+    KvRequest,
+    KvResult,
+    affinity,
+    encode_key,
+    normalize_key,
+    present_rows,
+)
 from replidb.transport.peer import split_address
 
 __all__ = ["KvClient", "KvRead", "kv_connect"]
@@ -112,11 +130,14 @@ class KvClient:
         via: str = "client",
         r: int | None = None,
         w: int | None = None,
-        timeout: float = 5.0,
+        timeout: float = 10.0,
         replica_timeout: float = 1.0,
     ) -> None:
         if via not in ("client", "node"):
             raise InterfaceError(f"via={via!r}: 'client' (coordinate here) or 'node'")
+        if not timeout > 0 or not replica_timeout > 0:
+            raise InterfaceError("timeout and replica_timeout must be positive (seconds)")
+        self._closed = False
         self.addresses = parse_addresses(addresses)
         self.via = via
         self.timeout = float(timeout)
@@ -133,8 +154,8 @@ class KvClient:
         self.r = self._quorum("r", r if r is not None else status.kv_r)
         self.w = self._quorum("w", w if w is not None else status.kv_w)
         self.lww = frozenset(status.kv_lww)
-        self._pks: dict[str, list[str]] = {}
-        self._ids = itertools.count(1)
+        self._tables: dict[str, _Table] = {}
+        self._ids = itertools.count(int.from_bytes(os.urandom(6), "big"))
         self._inboxes: dict[int, asyncio.Queue[KvReply]] = {}
         self._pending: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.new_event_loop()
@@ -150,7 +171,7 @@ class KvClient:
         pk = self._key(table, key)
         r = self._quorum("r", r if r is not None else self.r)
         if self.via == "node":
-            result = self._request(KvRequest(0, "get", table, pk, r=r))
+            result = self._request(KvRequest(0, "get", table, pk, r=r), write=False)
             return KvRead(list(result.rows), [tuple(c) for c in result.context])  # type: ignore[misc]
         read: KvRead = self._run(self._read(encode_key(table, pk), r, table in self.lww))
         return read
@@ -161,11 +182,18 @@ class KvClient:
     ) -> None:  # fmt: skip
         if not isinstance(row, dict):
             raise InterfaceError(f"a row is a dict of column values, not {type(row).__name__}")
-        columns = self._pk(table)
-        missing = [c for c in columns if c not in row]
+        info = self._table(table)
+        unknown = [c for c in row if c not in info.columns]
+        if unknown:
+            raise BadRequest(f"table {table} has no column {unknown[0]}")
+        for column, value in row.items():
+            if value is not None and not isinstance(value, int | float | str | bytes):
+                raise InterfaceError(f"column {column}: {value!r} is not a value SQLite stores")
+        missing = [c for c in info.key if c not in row]
         if missing:
             raise BadRequest(f"the row for {table} lacks its primary key {', '.join(missing)}")
-        self._write(table, [row[c] for c in columns], row, context, w, sloppy)
+        pk = self._key(table, [row[c] for c in info.key])
+        self._write(table, pk, {**row, **dict(zip(info.key, pk, strict=True))}, context, w, sloppy)
 
     def delete(
         self, table: str, key: Any, context: Context | KvRead | None = None,
@@ -175,8 +203,9 @@ class KvClient:
 
     def close(self) -> None:
         """Wait (briefly) for hints still being left, then close every connection."""
-        if not self._loop.is_running():
+        if self._closed:
             return
+        self._closed = True
 
         async def finish() -> None:
             if self._pending:
@@ -188,6 +217,8 @@ class KvClient:
             asyncio.run_coroutine_threadsafe(finish(), self._loop).result(self.timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> KvClient:
         return self
@@ -207,7 +238,9 @@ class KvClient:
         w = self._quorum("w", w if w is not None else self.w)
         if self.via == "node":
             kind = "put" if row is not None else "delete"
-            self._request(KvRequest(0, kind, table, pk, row, ctx or [], w=w, sloppy=sloppy))
+            request = KvRequest(0, kind, table, pk, row, ctx or [], ctx is not None, w=w,
+                                sloppy=sloppy)  # fmt: skip
+            self._request(request, write=True)
             return
         self._run(self._write_async(encode_key(table, pk), row, ctx, w, sloppy))
 
@@ -217,33 +250,39 @@ class KvClient:
         return value
 
     def _key(self, table: str, key: Any) -> list[Any]:
+        """The key's values as every replica stores them (normalized by affinity)."""
         values = list(key) if isinstance(key, list | tuple) else [key]
-        columns = self._pk(table)
-        if len(values) != len(columns):
+        info = self._table(table)
+        if len(values) != len(info.key):
             raise BadRequest(
-                f"{table}'s primary key is ({', '.join(columns)}): {len(columns)} value(s), "
+                f"{table}'s primary key is ({', '.join(info.key)}): {len(info.key)} value(s), "
                 f"got {len(values)}"
             )
         for value in values:
             if not isinstance(value, int | str | bytes | float) or isinstance(value, bool):
                 raise InterfaceError(f"a key value is int, str, bytes or float, not {value!r}")
-        return values
+        return normalize_key(values, info.affinities)
 
-    def _pk(self, table: str) -> list[str]:
-        found = self._pks.get(table)
+    def _table(self, table: str) -> _Table:
+        found = self._tables.get(table)
         if found is None:
-            sql = "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
-            request = wire.Execute(0, [wire.Statement(sql, [table])])
-            reply = self._call(request)
-            assert isinstance(reply, wire.ExecuteReply)
+            sql = "SELECT name, type, pk FROM pragma_table_info(?) ORDER BY pk"
+            reply = self._call(wire.Execute(0, [wire.Statement(sql, [table])]))
+            if not isinstance(reply, wire.ExecuteReply):
+                raise Unavailable(f"expected a query result, got {type(reply).__name__}")
             if reply.error_kind:
                 raise error_from_kind(reply.error_kind, reply.error or "")
-            found = [str(row[0]) for row in reply.results[0].rows]
-            if not found:
+            rows = reply.results[0].rows
+            if not rows:
+                raise BadRequest(f"no such table: {table}")
+            key = [(str(name), affinity(str(kind or ""))) for name, kind, pk in rows if pk]
+            if not key:
                 raise BadRequest(
-                    f"no table {table} with a PRIMARY KEY: leaderless rows are addressed by key"
+                    f"table {table} has no PRIMARY KEY: leaderless rows are addressed by key"
                 )
-            self._pks[table] = found
+            columns = frozenset(str(row[0]) for row in rows)
+            found = _Table(columns, [n for n, _ in key], [a for _, a in key])
+            self._tables[table] = found
         return found
 
     def _first_status(self) -> wire.NodeStatus:
@@ -255,13 +294,14 @@ class KvClient:
                 errors.append(str(exc))
         raise Unavailable("no node answered: " + "; ".join(errors))
 
-    def _call(self, request: Any) -> wire.Message:
-        """One request to the first node that answers."""
+    def _call(self, request: Any, write: bool = False) -> wire.Message:
+        """One request to the first node that answers. A write that reached a node
+        is not sent to another (it would be coordinated twice): OutcomeUnknown."""
         errors = []
         for address in self.addresses:
             deadline = time.monotonic() + self.timeout
             try:
-                channel = Channel(address, connect_timeout=self.timeout)
+                channel = Channel(address, connect_timeout=min(self.timeout, 2.0))
             except LinkError as exc:
                 errors.append(str(exc))
                 continue
@@ -269,13 +309,15 @@ class KvClient:
                 request = type(request)(**{**_fields(request), "id": next(self._ids)})
                 return channel.call(request, deadline)
             except LinkError as exc:
+                if write and exc.sent:
+                    raise OutcomeUnknown(f"{exc}: the write may or may not have been made")
                 errors.append(str(exc))
             finally:
                 channel.close()
         raise Unavailable("no node answered: " + "; ".join(errors))
 
-    def _request(self, request: KvRequest) -> KvResult:
-        reply = self._call(request)
+    def _request(self, request: KvRequest, write: bool) -> KvResult:
+        reply = self._call(request, write)
         if not isinstance(reply, KvResult):
             raise Unavailable(f"expected a key result, got {type(reply).__name__}")
         if reply.error_kind:
@@ -283,7 +325,16 @@ class KvClient:
         return reply
 
     def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        if self._closed:
+            coro.close()
+            raise InterfaceError("the key-value client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            # Each phase has its own timeout; this only guards against a stuck loop.
+            return future.result(self.timeout + 4 * self.replica_timeout * self.n)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise OutcomeUnknown("no outcome before the deadline") from None
 
     def _on_reply(self, reply: KvReply) -> None:
         inbox = self._inboxes.get(reply.op)
@@ -341,6 +392,13 @@ class KvClient:
             await handoff(op, self._send, inbox, outcome, self.replica_timeout)
         finally:
             self._inboxes.pop(op.op, None)
+
+
+@dataclass(frozen=True)
+class _Table:
+    columns: frozenset[str]
+    key: list[str]  # primary key columns, in key order
+    affinities: list[str]
 
 
 def _fields(struct: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections import Counter
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,10 @@ from replidb.errors import (
     InternalError,
     OutcomeUnknown,
     ProtocolError,
-    Unavailable,
 )
 from replidb.kv_coordinator import Outcome, handoff, run_read, run_write
 from replidb.node.kv_upkeep import Upkeep
-from replidb.node.runtime import Tasks, serve_connection
+from replidb.node.runtime import Tasks, answer_when_ready, serve_connection
 from replidb.storage.executor import NeedsWrite
 from replidb.storage.kv_store import KvStore, RowWrite
 from replidb.transport import wire
@@ -55,11 +54,9 @@ from replidb.transport.kv_wire import (
     KvSchema,
     KvTree,
     KvTreeDiff,
-    Version,
     clock_from_bytes,
     clock_to_bytes,
     decode_key,
-    encode_key,
     present_rows,
 )
 from replidb.transport.peer import PeerLink, split_address
@@ -118,14 +115,16 @@ class KvNode:
                     f"{config.data_dir} holds another topology's data ({name}): a leaderless "
                     "node needs its own (empty) data directory"
                 )
-        self.store = KvStore(config.data_dir / "kv.db", self.id, config.lww)
+        self.store = KvStore(config.data_dir / "kv.db", self.id, self.now_ms(), config.lww)
         self.ring = HashRing(config.nodes, config.vnodes)
         self.links = {
             peer: PeerLink(self.id, peer, address, own_address=config.listen)
             for peer, address in sorted(config.peers.items())
         }
         self.counters: Counter[str] = Counter()
-        self._ops = itertools.count(1)
+        # Operation numbers start anywhere: a late answer to a number used before a
+        # restart must not land in a new operation (answers also carry their key).
+        self._ops = itertools.count(int.from_bytes(os.urandom(6), "big"))
         self._inboxes: dict[int, asyncio.Queue[KvReply]] = {}
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._prefs: dict[bytes, list[str]] = {}
@@ -133,7 +132,7 @@ class KvNode:
         self._tasks = Tasks()
         self._server: asyncio.base_events.Server | None = None
         self._started = time.monotonic()
-        self.failed: BaseException | None = None
+        self.failed: BaseException | None = None  # (never set: failures are retried)
         self.stopped = asyncio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -167,6 +166,9 @@ class KvNode:
         log.info("stopped")
 
     async def _every(self, seconds: float, work: Any) -> None:
+        """Run ``work`` every ``seconds``; a failure is logged and the next round tries
+        again (each round's changes are their own transactions: nothing half-done)."""
+        name = work.__name__.replace("_", " ")
         while True:
             await asyncio.sleep(seconds)
             try:
@@ -174,12 +176,9 @@ class KvNode:
                 if asyncio.iscoroutine(result):
                     await result
             except (Error, TimeoutError) as exc:
-                log.warning("%s: %s", work.__name__.replace("_", " "), exc)
-            except Exception as exc:  # storage failed: stop rather than diverge
-                log.critical("stopping: %s", exc)
-                self.failed = exc
-                self.stopped.set()
-                return
+                log.warning("%s: %s", name, exc)
+            except Exception:
+                log.exception("%s failed; trying again next round", name)
 
     def next_op(self) -> int:
         return next(self._ops)
@@ -224,9 +223,9 @@ class KvNode:
         while (message := await read_message(reader, self.config.max_frame)) is not None:
             try:
                 self._on_peer_message(peer, message)
-            except Error as exc:  # (ProtocolError ends the link in serve_connection)
-                if isinstance(exc, ProtocolError):
-                    raise
+            except ProtocolError:
+                raise  # (it ends the link, in serve_connection)
+            except (Error, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                 log.warning("could not serve %s from %s: %s", type(message).__name__, peer, exc)
 
     def _on_peer_message(self, peer: str, message: wire.Message) -> None:
@@ -262,9 +261,9 @@ class KvNode:
             if isinstance(message, KvGet | KvCoordPut | KvReplicate):
                 writer.write(frame(self.serve_replica(message)))
             elif isinstance(message, KvRequest):
-                self._answer(self.coordinate(message), writer)
+                self._tasks.spawn(answer_when_ready(self.coordinate(message), writer))
             elif isinstance(message, wire.Execute):
-                self._answer(self.execute(message), writer)
+                self._tasks.spawn(answer_when_ready(self.execute(message), writer))
             elif isinstance(message, wire.StatusRequest):
                 writer.write(frame(wire.StatusReply(message.id, self.status())))
             else:
@@ -274,31 +273,23 @@ class KvNode:
                 )
             message = await read_message(reader, self.config.max_frame)
 
-    def _answer(self, reply: Awaitable[wire.Message], writer: asyncio.StreamWriter) -> None:
-        async def send() -> None:
-            message = await reply
-            if not writer.is_closing():
-                writer.write(frame(message))
-
-        self._tasks.spawn(send())
-
     # ---- the replica ---------------------------------------------------------------
 
     def serve_replica(self, message: KvGet | KvCoordPut | KvReplicate) -> KvReply:
         key = message.key
         try:
+            self.store.check_key(key)
             if isinstance(message, KvGet):
                 clock = self.store.clock(key)
                 data = clock_to_bytes(clock) if clock is not None else _EMPTY_CLOCK
                 return KvReply(message.op, self.id, key, data)
             if isinstance(message, KvCoordPut):
                 clock = self.store.coordinate(
-                    key, message.context, message.row, self.now_ms(), message.use_current
-                )
+                    key, message.context, message.row, self.now_ms(), message.use_current,
+                    message.wid,
+                )  # fmt: skip
                 return KvReply(message.op, self.id, key, clock_to_bytes(clock))
             incoming = clock_from_bytes(message.clock)
-            if not message.handoff:
-                self._refuse_late(key, incoming)
             if message.hint_for and message.hint_for != self.id:
                 self.store.add_hint(message.hint_for, key, incoming, self.now_ms())
                 self.counters["hints_stored"] += 1
@@ -306,23 +297,10 @@ class KvNode:
             clock, _ = self.store.receive(key, incoming, self.now_ms())
             return KvReply(message.op, self.id, key, clock_to_bytes(clock))
         except Error as exc:
-            return KvReply(message.op, self.id, key, error=exc.message)
+            return KvReply(message.op, self.id, key, error=exc.message, error_kind=exc.kind)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            return KvReply(message.op, self.id, key, error=f"undecodable key or clock: {exc}")
-
-    def _refuse_late(self, key: bytes, clock: dvv.Clock) -> None:
-        """A write's copies and hints leave its coordinator within a few replica
-        timeouts. One arriving much later for a key this replica does not hold may be
-        the past of a deletion whose tombstone was purged here: refused, or it would
-        bring the row back. (Hints already held block purges, so handing them over is
-        never late; anti-entropy only runs between replicas, which purge together.)"""
-        newest = max((v.ts for v in dvv.values(clock) if isinstance(v, Version)), default=0)
-        horizon = self.now_ms() - int(self.config.tombstone_grace_s * 500)
-        if newest < horizon and self.store.clock(key) is None:
-            raise Unavailable(
-                "refused a copy of a write older than half the tombstone grace period for "
-                "a key this replica does not hold (it may have been deleted and purged)"
-            )
+            why = f"undecodable key or clock: {exc}"
+            return KvReply(message.op, self.id, key, error=why, error_kind=BadRequest.kind)
 
     # ---- coordinating ---------------------------------------------------------------
 
@@ -343,9 +321,9 @@ class KvNode:
         )
         outcome = Outcome()
         try:
-            await run_write(
-                op, self.send, inbox, self.config.phase_timeout_s, outcome, context is None
-            )
+            wid = os.urandom(8).hex()
+            timeout = self.config.phase_timeout_s
+            await run_write(op, self.send, inbox, timeout, outcome, context is None, wid)
         finally:
             self._tasks.spawn(self._after_write(op, inbox, outcome))
 
@@ -375,19 +353,18 @@ class KvNode:
         """A client's key read or write, coordinated here."""
         try:
             if request.kind == "get":
-                self.store.pk_columns(request.table)
-                rows, context = await self.read(encode_key(request.table, request.key), request.r)
+                key = self.store.key(request.table, list(request.key))
+                rows, context = await self.read(key, request.r)
                 return KvResult(request.id, rows, context)
             if request.kind == "put":
                 if request.row is None:
                     raise BadRequest("put needs a row (use delete to delete)")
                 key = self.store.key_of(request.table, request.row)
             elif request.kind == "delete":
-                self.store.pk_columns(request.table)
-                key = encode_key(request.table, request.key)
+                key = self.store.key(request.table, list(request.key))
             else:
                 raise BadRequest(f"unknown request kind {request.kind!r}: get, put or delete")
-            given = list(request.context) if request.context else None
+            given = list(request.context) if request.has_context else None
             await self.write(key, request.row, given, request.w, request.sloppy)
             return KvResult(request.id)
         except Error as exc:
@@ -423,7 +400,7 @@ class KvNode:
             )  # fmt: skip
 
     async def _write_rows(self, rows: list[RowWrite]) -> None:
-        writes = [self.write(encode_key(table, pk), row, None) for table, pk, row in rows]
+        writes = [self.write(self.store.key(table, pk), row, None) for table, pk, row in rows]
         failures = [r for r in await asyncio.gather(*writes, return_exceptions=True) if r]
         if not failures:
             return

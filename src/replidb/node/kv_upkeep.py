@@ -12,7 +12,8 @@
 - Tombstones older than the grace period are purged by the first replica of their
   key, only when every member answers, every replica holds exactly the same
   tombstone-only clock and nobody holds a hint for the key — so nothing that could
-  bring the row back remains anywhere (late copies: ``KvNode._refuse_late``).
+  bring the row back remains anywhere. The purged clock is kept a grace period more:
+  late copies of what it superseded are dropped (storage/kv_store.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from replidb.core.merkle import MerkleTree, bucket_of
 from replidb.errors import Error, ProtocolError
@@ -48,12 +51,13 @@ log = logging.getLogger("replidb.leaderless")
 _HINT_BATCH = 200
 _HINT_RESEND_S = 5.0
 _AE_DEPTH = 8  # 256 buckets: 4 KiB of leaves per round
+_AE_BUDGET_BYTES = 4 << 20  # rows sent per round, at most (frames stop at 16 MiB)
 
 
 class Upkeep:
     def __init__(self, node: KvNode) -> None:
         self.node = node
-        self._hint_ops: dict[int, int] = {}  # op -> hint id being handed over
+        self._hint_ops: dict[int, tuple[int, float]] = {}  # op -> (hint id, when sent)
         self._hint_sent: dict[int, float] = {}  # hint id -> when last sent
         self._schema_sent: set[str] = set()
 
@@ -66,12 +70,15 @@ class Upkeep:
         elif isinstance(message, KvPush):
             self._merge(message.items)
         elif isinstance(message, KvPurgeCheck):
-            hinted = [store.hinted(k) for k in message.keys]
-            clocks = store.clock_bytes(message.keys)
-            node.send(peer, KvPurgeState(message.op, node.id, clocks, hinted))
+            keys = message.keys
+            hinted = [store.hinted(k) for k in keys]
+            clocks = store.clock_bytes(keys)
+            purged = store.clock_bytes(keys, "replidb_kv_purged")
+            node.send(peer, KvPurgeState(message.op, node.id, clocks, hinted, purged))
         elif isinstance(message, KvPurge):
+            now = node.now_ms()
             node.counters["tombstones_purged"] += sum(
-                store.purge(item.key, item.clock) for item in message.items
+                store.purge(item.key, item.clock, now) for item in message.items
             )
         else:
             store.run_ddl(message.schema, strict=False)
@@ -86,6 +93,10 @@ class Upkeep:
         if expired:
             node.counters["hints_expired"] += expired
             log.warning("dropped %d hints older than the hint window", expired)
+        # Hand-overs unanswered for long (lost, or the link broke) are forgotten.
+        stale = [op for op, (_, sent) in self._hint_ops.items() if now - sent > _HINT_RESEND_S]
+        for op in stale:
+            del self._hint_ops[op]
         if len(self._hint_sent) > 100_000:  # (expired hints' entries)
             self._hint_sent.clear()
         for peer, link in node.links.items():
@@ -95,15 +106,16 @@ class Upkeep:
                 if now - self._hint_sent.get(hint_id, -1e9) < _HINT_RESEND_S:
                     continue  # in flight
                 op = node.next_op()
-                self._hint_ops[op] = hint_id
+                self._hint_ops[op] = (hint_id, now)
                 self._hint_sent[hint_id] = now
                 link.send(KvReplicate(op, key, clock, handoff=True))
 
     def on_hint_reply(self, reply: KvReply) -> bool:
         """True if ``reply`` acknowledges a hint handed over."""
-        hint_id = self._hint_ops.pop(reply.op, None)
-        if hint_id is None:
+        sent = self._hint_ops.pop(reply.op, None)
+        if sent is None:
             return False
+        hint_id, _ = sent
         if not reply.error:
             self.node.store.drop_hint(hint_id)
             self._hint_sent.pop(hint_id, None)
@@ -149,10 +161,17 @@ class Upkeep:
             node.send(peer, KvPush(request.op, node.id, mine))
 
     def _items_in(self, peer: str, buckets: list[int], depth: int) -> list[KvItem]:
+        """The rows in these buckets, up to a frame's worth: what does not fit is
+        repaired by the next rounds (those buckets still differ)."""
         wanted = set(buckets)
         keys = [k for k, _ in self._shared_digests(peer) if bucket_of(k, depth) in wanted]
-        clocks = self.node.store.clock_bytes(keys)
-        return [KvItem(k, c) for k, c in zip(keys, clocks, strict=True)]
+        items, size = [], 0
+        for key, clock in zip(keys, self.node.store.clock_bytes(keys), strict=True):
+            size += len(key) + len(clock) + 16
+            if size > _AE_BUDGET_BYTES:
+                break
+            items.append(KvItem(key, clock))
+        return items
 
     def _answer_tree(self, peer: str, tree: KvTree) -> KvTreeDiff:
         if not 0 <= tree.depth <= 16 or len(tree.leaves) != 1 << tree.depth:
@@ -170,7 +189,7 @@ class Upkeep:
             try:
                 clock = clock_from_bytes(item.clock)
                 _, changed = node.store.receive(item.key, clock, node.now_ms())
-            except Error as exc:
+            except (Error, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                 log.warning("anti-entropy could not keep a row: %s", exc)
                 continue
             node.counters["anti_entropy_repairs"] += changed
@@ -178,13 +197,18 @@ class Upkeep:
     # ---- tombstones -------------------------------------------------------------------
 
     async def purge_tombstones(self) -> None:
+        """Purge old tombstones this node initiates: those it is the first replica of,
+        and any older than three grace periods (a replica that missed a purge)."""
         node, store = self.node, self.node.store
+        now = node.now_ms()
+        grace_ms = int(node.config.tombstone_grace_s * 1000)
+        store.forget_purged(now - grace_ms)
         if node.down():
             return  # every member must answer for a purge
-        before = node.now_ms() - int(node.config.tombstone_grace_s * 1000)
         keys = [
-            k for k in store.old_tombstones(before)
-            if node.preferred(k)[0] == node.id and not store.hinted(k)
+            k for k, changed in store.old_tombstones(now - grace_ms)
+            if (node.preferred(k)[0] == node.id or changed < now - 3 * grace_ms)
+            and not store.hinted(k)
         ]  # fmt: skip
         if not keys:
             return
@@ -193,16 +217,20 @@ class Upkeep:
         states: list[KvPurgeState] = await asyncio.gather(
             *(node.ask(p, KvPurgeCheck(node.next_op(), node.id, keys)) for p in peers)
         )
+        for peer, state in zip(peers, states, strict=True):
+            if not len(state.clocks) == len(state.hinted) == len(state.purged) == len(keys):
+                raise ProtocolError(f"{peer} answered a purge check for other keys")
         purge: list[KvItem] = []
         for i, key in enumerate(keys):
             replicas = node.preferred(key)
             if any(s.hinted[i] for s in states):
                 continue
-            if all(s.clocks[i] == mine[i] for p, s in zip(peers, states, strict=True)
-                   if p in replicas):  # fmt: skip
+            # Every other replica holds this very tombstone, or purged it already.
+            if all(mine[i] in (s.clocks[i], s.purged[i])
+                   for p, s in zip(peers, states, strict=True) if p in replicas):  # fmt: skip
                 purge.append(KvItem(key, mine[i]))
         if not purge:
             return
         for peer in peers:
             node.send(peer, KvPurge(0, node.id, purge))
-        node.counters["tombstones_purged"] += sum(store.purge(i.key, i.clock) for i in purge)
+        node.counters["tombstones_purged"] += sum(store.purge(i.key, i.clock, now) for i in purge)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from replidb.core.mesh import ChangeAck, ChangeBatch, Mesh, MeshConfig
 from replidb.errors import BadRequest, Error, InternalError, ProtocolError
-from replidb.node.runtime import Tasks, serve_connection
+from replidb.node.runtime import Tasks, answer_when_ready, serve_connection
 from replidb.storage.executor import NeedsWrite
 from replidb.storage.mesh_store import MeshStore, Resolver
 from replidb.transport import wire
@@ -221,7 +221,7 @@ class MeshNode:
         message: wire.Message | None = first
         while message is not None:
             if isinstance(message, wire.Execute):
-                self._answer(self.execute(message), writer)
+                self._tasks.spawn(answer_when_ready(self.execute(message), writer))
             elif isinstance(message, wire.StatusRequest):
                 writer.write(frame(wire.StatusReply(message.id, self.status())))
             else:
@@ -230,14 +230,6 @@ class MeshNode:
                     "does not serve"
                 )
             message = await read_message(reader, self.config.max_frame)
-
-    def _answer(self, reply: Awaitable[wire.ExecuteReply], writer: asyncio.StreamWriter) -> None:
-        async def send() -> None:
-            message = await reply
-            if not writer.is_closing():
-                writer.write(frame(message))
-
-        self._spawn(send())
 
     # ---- requests -----------------------------------------------------------------
 

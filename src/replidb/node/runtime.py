@@ -12,9 +12,9 @@ from typing import Any
 
 from replidb.errors import ProtocolError
 from replidb.transport import wire
-from replidb.transport.framing import read_message
+from replidb.transport.framing import frame, read_message
 
-__all__ = ["Tasks", "serve_connection"]
+__all__ = ["Tasks", "answer_when_ready", "serve_connection"]
 
 
 class Tasks:
@@ -34,6 +34,14 @@ class Tasks:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def answer_when_ready(reply: Awaitable[wire.Message], writer: asyncio.StreamWriter) -> None:
+    """Send ``reply`` once it is ready, unless the client has gone meanwhile (spawned, so
+    a client's next request is read while this one is served)."""
+    message = await reply
+    if not writer.is_closing():
+        writer.write(frame(message))
 
 
 async def serve_connection(

@@ -16,7 +16,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from replidb.node.group_commit import GroupCommit
 from replidb.node.progress import CatchUpReporter
 from replidb.node.reads import ReadGate, bound_of
 from replidb.node.retention import compaction_point
-from replidb.node.runtime import Tasks, serve_connection
+from replidb.node.runtime import Tasks, answer_when_ready, serve_connection
 from replidb.node.snapshots import SnapshotFetcher, SnapshotSource
 from replidb.node.snapshots import answer as answer_fetch
 from replidb.storage import NeedsWrite, open_store
@@ -486,13 +486,13 @@ class Node:
         message: wire.Message | None = first
         while message is not None:
             if isinstance(message, wire.Execute):
-                self._spawn(self._answer_with(self.execute(message), writer))
+                self._spawn(answer_when_ready(self.execute(message), writer))
             elif isinstance(message, wire.StatusRequest):
                 writer.write(frame(wire.StatusReply(message.id, self.status())))
             elif isinstance(message, wire.TransferLeader):
-                self._spawn(self._answer_with(self.transfer_leadership(message), writer))
+                self._spawn(answer_when_ready(self.transfer_leadership(message), writer))
             elif isinstance(message, wire.ChangeMembership):
-                self._spawn(self._answer_with(self.change_membership(message), writer))
+                self._spawn(answer_when_ready(self.change_membership(message), writer))
             elif isinstance(message, wire.SnapshotFetch):
                 await answer_fetch(self._snapshot_source, message, writer)
             elif isinstance(message, wire.ChangesRequest):
@@ -501,13 +501,6 @@ class Node:
             else:
                 raise ProtocolError(f"a client sent {type(message).__name__}")
             message = await read_message(reader, self.config.max_frame)
-
-    @staticmethod
-    async def _answer_with(reply: Awaitable[wire.Message], writer: asyncio.StreamWriter) -> None:
-        """Send ``reply`` once it is ready, unless the client has gone meanwhile."""
-        message = await reply
-        if not writer.is_closing():
-            writer.write(frame(message))
 
     async def change_membership(self, request: wire.ChangeMembership) -> wire.MembershipReply:
         """One membership change (core/membership.py), answered once it is committed.

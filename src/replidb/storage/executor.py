@@ -53,6 +53,8 @@ INTERNAL_TABLES = frozenset(
         "replidb_kv",
         "replidb_kv_hints",
         "replidb_kv_schema",
+        "replidb_kv_purged",
+        "replidb_kv_meta",
     }
 )
 REPLICATED_INTERNAL_TABLES = frozenset({"replidb_client_sessions", "replidb_rowid_leases"})

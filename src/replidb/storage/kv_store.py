@@ -1,26 +1,28 @@
 """A leaderless replica's SQLite database (issue #9): the user's tables, one version
 history (a ``core.dvv`` clock of ``Version``s) per row key, the hints this node holds
-for others, and the schema, in one file.
+for others, the keys it purged lately, and the schema, in one file.
 
 - Every change to a key's clock and to the row SQL readers see happens in one SQLite
   transaction (``coordinate`` a client's write here, ``receive`` another replica's
   clock). The row is *materialized* from the clock: absent when every live version is
-  a tombstone, else the sibling with the largest (time, coordinator) — so SQL reads
-  on any replica see one deterministic version; key reads (``present``) see them all,
-  except in ``lww`` tables, where that largest one is the only answer and a write
+  a tombstone, else the latest sibling (``kv_wire.latest``) — so SQL reads on any
+  replica see one deterministic version; key reads (``present_rows``) see them all,
+  except in ``lww`` tables, where the latest version is the only answer and a write
   supersedes everything its coordinator holds.
+- Dots never repeat. This replica coordinates as an *actor* named after its node id
+  and the incarnation it started in, so a replica restored from an older copy cannot
+  reuse a dot it handed out before. Purging a key forgets its clock, so a purge
+  raises a *floor* that the next write of an absent key starts its counter above,
+  and the purged clock is kept for a grace period: a late copy of anything it
+  superseded is acknowledged and dropped, not stored (it would bring the row back).
 - Hints: clocks kept for a replica that did not answer, until it is handed them.
-- Tombstones stay in ``replidb_kv`` until the node purges them (node/kv_server.py says
-  when that is safe); ``changed_ms`` is when the key's clock last changed here.
 - SQL writes are captured (``capture_write``: run, record the row changes, roll back)
-  and then coordinated as key writes; DDL runs here and is recorded in
-  ``replidb_kv_schema`` so every replica can run what it lacks, in order.
+  and then coordinated as key writes; DDL goes through ``storage.kv_schema``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from replidb.storage.executor import (
     run_read,
     translate,
 )
+from replidb.storage.kv_schema import KvSchema
 from replidb.stream.logical import DDL, Changes
 from replidb.transport.kv_wire import (
     Version,
@@ -44,23 +47,26 @@ from replidb.transport.kv_wire import (
     clock_to_bytes,
     decode_key,
     encode_key,
+    latest,
+    normalize_key,
 )
 from replidb.transport.wire import Statement, StatementResult
 
 __all__ = ["KV_SCHEMA", "KvStore", "RowWrite"]
 
-log = logging.getLogger("replidb.storage")
-
 KV_SCHEMA = """
 CREATE TABLE IF NOT EXISTS replidb_kv(
-    key BLOB PRIMARY KEY, clock BLOB NOT NULL, digest BLOB NOT NULL,
+    key BLOB PRIMARY KEY, tbl TEXT NOT NULL, clock BLOB NOT NULL, digest BLOB NOT NULL,
     tombstone INTEGER NOT NULL, changed_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS replidb_kv_tombstones ON replidb_kv(tombstone, changed_ms);
 CREATE TABLE IF NOT EXISTS replidb_kv_hints(
-    id INTEGER PRIMARY KEY, for_node TEXT NOT NULL, key BLOB NOT NULL,
+    id INTEGER PRIMARY KEY, for_node TEXT NOT NULL, key BLOB NOT NULL, tbl TEXT NOT NULL,
     clock BLOB NOT NULL, stored_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS replidb_kv_hints_for ON replidb_kv_hints(for_node, id);
+CREATE TABLE IF NOT EXISTS replidb_kv_purged(
+    key BLOB PRIMARY KEY, clock BLOB NOT NULL, purged_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS replidb_kv_schema(seq INTEGER PRIMARY KEY, sql TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS replidb_kv_meta(key TEXT PRIMARY KEY, value);
 """
 
 # A captured SQL write: (table, primary key values, the whole new row or None: deleted).
@@ -71,13 +77,8 @@ def digest(clock_bytes: bytes) -> bytes:
     return hashlib.blake2b(clock_bytes, digest_size=16).digest()
 
 
-def winner(versions: Sequence[Version]) -> Version:
-    """The sibling SQL readers and lww tables see: the largest (time, coordinator)."""
-    return max(versions, key=lambda v: (v.ts, v.node))
-
-
 class KvStore:
-    def __init__(self, path: Path, node_id: str, lww: Sequence[str] = ()) -> None:
+    def __init__(self, path: Path, node_id: str, now_ms: int, lww: Sequence[str] = ()) -> None:
         self.path = path
         self.node_id = node_id
         self.lww = frozenset(lww)
@@ -85,7 +86,13 @@ class KvStore:
         self.writer, self.reader = open_connections(path, KV_SCHEMA)
         self._writer_guard = install_guard(self.writer)
         self._reader_guard = install_guard(self.reader)
-        self._pk_cache: dict[str, list[str]] = {}
+        self.tables = KvSchema(self.writer)
+        with self._transaction():
+            # A new incarnation on every start, above any this file or clock has seen.
+            incarnation = max(int(self._meta("incarnation") or 0) + 1, now_ms // 1000)
+            self._set_meta("incarnation", incarnation)
+        self.actor = f"{node_id}.{incarnation:x}"
+        self._floor = int(self._meta("floor") or 0)
 
     def close(self) -> None:
         self.reader.close()
@@ -93,54 +100,58 @@ class KvStore:
 
     # ---- keys and their clocks ---------------------------------------------------
 
-    def pk_columns(self, table: str) -> list[str]:
-        """The table's primary key columns; BadRequest if it has none or is unknown."""
-        cached = self._pk_cache.get(table)
-        if cached is not None:
-            return cached
-        rows = self.writer.execute(
-            "SELECT name, pk FROM pragma_table_info(?) ORDER BY pk", (table,)
-        ).fetchall()
-        if not rows:
-            raise BadRequest(f"no such table: {table}")
-        columns = [str(name) for name, pk in rows if pk]
-        if not columns:
-            raise BadRequest(
-                f"table {table} has no PRIMARY KEY: leaderless rows are addressed by key"
-            )
-        self._pk_cache[table] = columns
-        return columns
-
     def key_of(self, table: str, row: dict[str, Any]) -> bytes:
-        columns = self.pk_columns(table)
+        columns, _ = self.tables.key_columns(table)
         missing = [c for c in columns if c not in row]
         if missing:
             raise BadRequest(f"the row for {table} lacks its primary key {', '.join(missing)}")
-        return encode_key(table, [row[c] for c in columns])
+        return self.key(table, [row[c] for c in columns])
+
+    def key(self, table: str, values: list[Any]) -> bytes:
+        columns, affinities = self.tables.key_columns(table)
+        if len(values) != len(columns):
+            raise BadRequest(
+                f"{table}'s primary key is ({', '.join(columns)}): {len(columns)} value(s), "
+                f"got {len(values)}"
+            )
+        return encode_key(table, normalize_key(values, affinities))
+
+    def check_key(self, key: bytes) -> None:
+        """BadRequest unless ``key`` names a known table and its normalized key values
+        (what ``key`` gives): one row, one key, on every replica."""
+        table, values = decode_key(key)
+        if self.key(table, values) != key:
+            raise BadRequest(f"{table}: key {values} is not as the table stores it")
 
     def clock(self, key: bytes) -> dvv.Clock | None:
-        row = self.writer.execute("SELECT clock FROM replidb_kv WHERE key = ?", (key,)).fetchone()
-        return clock_from_bytes(row[0]) if row else None
+        return self._clock(self.writer, key)
 
     def coordinate(
         self, key: bytes, context: Sequence[tuple[str, int]], row: dict[str, Any] | None,
-        now_ms: int, use_current: bool = False,
+        now_ms: int, use_current: bool = False, wid: str = "",
     ) -> dvv.Clock:  # fmt: skip
         """A client's write, coordinated here: a new dot after ``context`` (or, with
         ``use_current`` and in lww tables, after everything this replica holds)."""
         with self._transaction() as conn:
             current = self._clock(conn, key)
-            if current is not None and (use_current or decode_key(key)[0] in self.lww):
-                context = dvv.join(current)
-            put = leaderless.CoordPut(0, key, tuple(context), Version(now_ms, self.node_id, row))
-            clock = leaderless.coordinate(current, put, self.node_id)
+            base = current if current is not None else self._after_purge(conn, key)
+            if base is not None and (use_current or decode_key(key)[0] in self.lww):
+                context = dvv.join(base)
+            version = Version(now_ms, self.node_id, self._row_for(key, row), wid)
+            put = leaderless.CoordPut(0, key, tuple(context), version)
+            clock = leaderless.coordinate(base, put, self.actor)
             self._store(conn, key, current, clock, now_ms)
             return clock
 
     def receive(self, key: bytes, clock: dvv.Clock, now_ms: int) -> tuple[dvv.Clock, bool]:
-        """Another replica's clock for the key: merge it; (the result, whether it changed)."""
+        """Another replica's clock for the key: merge it; (the result, whether it changed).
+        A copy of what a deletion purged here lately superseded is dropped."""
         with self._transaction() as conn:
             current = self._clock(conn, key)
+            if current is None:
+                purged = self._purged(conn, key)
+                if purged is not None and (dvv.less(clock, purged) or dvv.equal(clock, purged)):
+                    return purged, False
             merged = leaderless.receive(current, clock)
             self._store(conn, key, current, merged, now_ms)
             return merged, merged != current
@@ -150,12 +161,13 @@ class KvStore:
         rows: list[Any] = self.writer.execute("SELECT key, digest FROM replidb_kv").fetchall()
         return [(bytes(k), bytes(d)) for k, d in rows]
 
-    def clock_bytes(self, keys: Sequence[bytes]) -> list[bytes]:
+    def clock_bytes(self, keys: Sequence[bytes], table: str = "replidb_kv") -> list[bytes]:
+        """Each key's stored clock (b"" if none), from replidb_kv or replidb_kv_purged."""
         out = []
         for key in keys:
-            row = self.writer.execute("SELECT clock FROM replidb_kv WHERE key = ?", (key,))
-            found = row.fetchone()
-            out.append(bytes(found[0]) if found else b"")
+            found = self.writer.execute(f"SELECT clock FROM {table} WHERE key = ?", (key,))
+            row = found.fetchone()
+            out.append(bytes(row[0]) if row else b"")
         return out
 
     def count(self) -> int:
@@ -164,29 +176,47 @@ class KvStore:
 
     # ---- tombstones ---------------------------------------------------------------
 
-    def old_tombstones(self, before_ms: int, limit: int = 500) -> list[bytes]:
+    def old_tombstones(self, before_ms: int, limit: int = 500) -> list[tuple[bytes, int]]:
+        """(key, when it last changed) of tombstone-only keys unchanged since before_ms."""
         rows: list[Any] = self.writer.execute(
-            "SELECT key FROM replidb_kv WHERE tombstone = 1 AND changed_ms < ? LIMIT ?",
+            "SELECT key, changed_ms FROM replidb_kv WHERE tombstone = 1 AND changed_ms < ? LIMIT ?",
             (before_ms, limit),
         ).fetchall()
-        return [bytes(k) for (k,) in rows]
+        return [(bytes(k), int(c)) for k, c in rows]
 
-    def purge(self, key: bytes, clock_bytes: bytes) -> bool:
+    def purge(self, key: bytes, clock_bytes: bytes, now_ms: int) -> bool:
         """Forget a tombstone, if its clock is still exactly ``clock_bytes``."""
         with self._transaction() as conn:
             conn.execute(
                 "DELETE FROM replidb_kv WHERE key = ? AND clock = ? AND tombstone = 1",
                 (key, clock_bytes),
             )
-            return conn.changes() > 0
+            if not conn.changes():
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO replidb_kv_purged(key, clock, purged_ms) VALUES(?,?,?)",
+                (key, clock_bytes, now_ms),
+            )
+            top = max((e.counter for e in clock_from_bytes(clock_bytes).entries), default=0)
+            if top > self._floor:
+                self._floor = top
+                self._set_meta("floor", top)
+            return True
+
+    def forget_purged(self, before_ms: int) -> int:
+        """Purged keys' clocks kept since before ``before_ms`` are dropped."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM replidb_kv_purged WHERE purged_ms < ?", (before_ms,))
+            return conn.changes()
 
     # ---- hints --------------------------------------------------------------------
 
     def add_hint(self, for_node: str, key: bytes, clock: dvv.Clock, now_ms: int) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO replidb_kv_hints(for_node, key, clock, stored_ms) VALUES(?,?,?,?)",
-                (for_node, key, clock_to_bytes(clock), now_ms),
+                "INSERT INTO replidb_kv_hints(for_node, key, tbl, clock, stored_ms) "
+                "VALUES(?, ?, ?, ?, ?)",
+                (for_node, key, decode_key(key)[0], clock_to_bytes(clock), now_ms),
             )
 
     def hints_for(self, node: str, limit: int) -> list[tuple[int, bytes, bytes]]:
@@ -259,43 +289,18 @@ class KvStore:
             elif change.op == "UPDATE":
                 values = list(next(images))
             source = (change.new if change.op == "INSERT" else change.old) or ()
-            key = [source[i] for i in sorted(change.pk_columns)]
+            names, _ = self.tables.key_columns(change.name)  # (in key order)
+            key = [source[columns.index(name)] for name in names]
             row = None if values is None else dict(zip(columns, values, strict=True))
             out.append((change.name, key, row))
         return out
 
     def schema(self) -> list[str]:
-        rows: list[Any] = self.writer.execute(
-            "SELECT sql FROM replidb_kv_schema ORDER BY seq"
-        ).fetchall()
-        return [str(sql) for (sql,) in rows]
+        return self.tables.statements()
 
     def run_ddl(self, statements: Sequence[str], strict: bool) -> list[str]:
-        """Run the DDL this node lacks, in order, recording it; the statements run.
-        ``strict``: a failing statement raises (a client's request); otherwise it is
-        logged and recorded anyway (another node's schema: e.g. the same table created
-        concurrently on two nodes), so that it is not retried forever."""
-        known = set(self.schema())
-        done = []
-        for sql in statements:
-            if sql in known:
-                continue
-            with self._transaction() as conn:
-                try:
-                    conn.execute("SAVEPOINT ddl")
-                    conn.execute(sql)
-                    conn.execute("RELEASE ddl")
-                except apsw.Error as exc:
-                    conn.execute("ROLLBACK TO ddl")
-                    conn.execute("RELEASE ddl")
-                    if strict:
-                        raise translate(exc) from None
-                    log.warning("schema from another node failed here: %s: %s", sql, exc)
-                conn.execute("INSERT INTO replidb_kv_schema(sql) VALUES(?)", (sql,))
-            known.add(sql)
-            done.append(sql)
-        self._pk_cache.clear()
-        return done
+        with self._transaction():
+            return self.tables.run(statements, strict)
 
     # ---- internals -------------------------------------------------------------------
 
@@ -307,6 +312,38 @@ class KvStore:
         row = conn.execute("SELECT clock FROM replidb_kv WHERE key = ?", (key,)).fetchone()
         return clock_from_bytes(row[0]) if row else None
 
+    @staticmethod
+    def _purged(conn: apsw.Connection, key: bytes) -> dvv.Clock | None:
+        row = conn.execute("SELECT clock FROM replidb_kv_purged WHERE key = ?", (key,))
+        found = row.fetchone()
+        return clock_from_bytes(found[0]) if found else None
+
+    def _after_purge(self, conn: apsw.Connection, key: bytes) -> dvv.Clock | None:
+        """What a write of a key absent here comes after: its purged clock if it was
+        purged lately, else nothing but the floor (dots up to it are spent)."""
+        purged = self._purged(conn, key)
+        if purged is not None:
+            return purged
+        return dvv.Clock((dvv.Entry(self.actor, self._floor),)) if self._floor else None
+
+    def _row_for(self, key: bytes, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The row as stored: its key columns as the key has them (normalized), every
+        column a known one holding a plain value; BadRequest names what is wrong."""
+        if row is None:
+            return None
+        table, pk = decode_key(key)
+        known = set(self.tables.columns(table))
+        unknown = [c for c in row if c not in known]
+        if unknown:
+            raise BadRequest(f"table {table} has no column {unknown[0]}")
+        for column, value in row.items():
+            if value is not None and not isinstance(value, int | float | str | bytes):
+                raise BadRequest(
+                    f"column {column}: {type(value).__name__} is not a value SQLite stores"
+                )
+        names, _ = self.tables.key_columns(table)
+        return {**row, **dict(zip(names, pk, strict=True))}
+
     def _store(
         self, conn: apsw.Connection, key: bytes, current: dvv.Clock | None, clock: dvv.Clock,
         now_ms: int,
@@ -315,31 +352,42 @@ class KvStore:
             return
         data = clock_to_bytes(clock)
         versions = [v for v in dvv.values(clock) if isinstance(v, Version)]
-        live = [v for v in versions if v.row is not None]
-        conn.execute(
-            "INSERT OR REPLACE INTO replidb_kv(key, clock, digest, tombstone, changed_ms) "
-            "VALUES(?, ?, ?, ?, ?)",
-            (key, data, digest(data), int(not live), now_ms),
-        )
         table, pk = decode_key(key)
-        self._materialize(conn, table, pk, winner(live).row if live else None)
+        shown = latest(versions) if versions and table in self.lww else None
+        if shown is None:
+            live = [v for v in versions if v.row is not None]
+            shown = latest(live) if live else None
+        conn.execute(
+            "INSERT OR REPLACE INTO replidb_kv(key, tbl, clock, digest, tombstone, changed_ms) "
+            "VALUES(?, ?, ?, ?, ?, ?)",
+            (key, table, data, digest(data), int(all(v.row is None for v in versions)), now_ms),
+        )
+        self._materialize(conn, table, pk, shown.row if shown is not None else None)
 
     def _materialize(
         self, conn: apsw.Connection, table: str, pk: list[Any], row: dict[str, Any] | None
     ) -> None:
-        columns = self.pk_columns(table)
+        columns, _ = self.tables.key_columns(table)
         if len(columns) != len(pk):
             raise BadRequest(f"{table}'s key has {len(columns)} column(s), got {len(pk)} value(s)")
         name = quote_name(table)
         where = " AND ".join(f"{quote_name(c)} IS ?" for c in columns)
+        conn.execute(f"DELETE FROM {name} WHERE {where}", pk)
         if row is None:
-            conn.execute(f"DELETE FROM {name} WHERE {where}", pk)
             return
-        if [row.get(c) for c in columns] != pk:
-            raise BadRequest(f"a row for {table} whose key is not {pk}")
         names = ", ".join(quote_name(c) for c in row)
         marks = ", ".join("?" for _ in row)
-        conn.execute(f"INSERT OR REPLACE INTO {name}({names}) VALUES({marks})", list(row.values()))
+        conn.execute(f"INSERT INTO {name}({names}) VALUES({marks})", list(row.values()))
+
+    def _meta(self, key: str) -> Any:
+        row = self.writer.execute("SELECT value FROM replidb_kv_meta WHERE key = ?", (key,))
+        found = row.fetchone()
+        return found[0] if found else None
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self.writer.execute(
+            "INSERT OR REPLACE INTO replidb_kv_meta(key, value) VALUES(?, ?)", (key, value)
+        )
 
 
 class _Transaction:

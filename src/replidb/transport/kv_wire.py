@@ -17,6 +17,7 @@ are anti-entropy, ``KvPurgeCheck``/``KvPurgeState``/``KvPurge`` tombstone remova
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -39,10 +40,13 @@ __all__ = [
     "KvTree",
     "KvTreeDiff",
     "Version",
+    "affinity",
     "clock_from_bytes",
     "clock_to_bytes",
     "decode_key",
     "encode_key",
+    "latest",
+    "normalize_key",
     "present_rows",
 ]
 
@@ -51,6 +55,9 @@ class Version(msgspec.Struct, frozen=True, array_like=True):
     ts: int  # the coordinator's wall clock, ms
     node: str  # the coordinator
     row: dict[str, Any] | None  # None: deleted (a tombstone)
+    # The write's id: a write retried on another coordinator (the first one answered
+    # too late) is stored twice under two dots; readers see it once.
+    wid: str = ""
 
 
 class _Entry(msgspec.Struct, frozen=True, array_like=True):
@@ -86,13 +93,62 @@ def clock_from_bytes(data: bytes) -> dvv.Clock:
     )
 
 
+def latest(versions: list[Version]) -> Version:
+    """The version SQL readers and lww tables see: the largest (time, coordinator)."""
+    return max(versions, key=lambda v: (v.ts, v.node))
+
+
 def present_rows(clock: dvv.Clock, lww: bool) -> list[dict[str, Any]]:
-    """The rows a key read returns: every live sibling; in an lww table only the one
-    with the largest (time, coordinator)."""
-    live = [v for v in dvv.values(clock) if isinstance(v, Version) and v.row is not None]
-    if lww and live:
-        live = [max(live, key=lambda v: (v.ts, v.node))]
-    return [v.row for v in live if v.row is not None]
+    """The rows a key read returns: every live sibling, each write once; in an lww
+    table only the latest version, nothing if that is a deletion."""
+    versions = [v for v in dvv.values(clock) if isinstance(v, Version)]
+    if lww:
+        versions = [latest(versions)] if versions else []
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for version in versions:
+        if version.row is None or (version.wid and version.wid in seen):
+            continue
+        seen.add(version.wid)
+        rows.append(version.row)
+    return rows
+
+
+_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity for a declared type (its documented rules, in order)."""
+    upper = declared.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in upper or not upper:
+        return "BLOB"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def normalize_key(values: list[Any], affinities: list[str]) -> list[Any]:
+    """Key values as SQLite would store them in columns of these affinities, so that
+    1, "1" and 1.0 in an INTEGER key are one key everywhere (ring, clocks, rows)."""
+    out = []
+    for value, kind in zip(values, affinities, strict=True):
+        if kind in ("INTEGER", "NUMERIC"):
+            integral_text = isinstance(value, str) and _INT_TEXT.match(value.strip())
+            if integral_text or (isinstance(value, float) and value.is_integer()):
+                value = int(value)
+        elif kind == "REAL" and isinstance(value, int | str) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        elif kind == "TEXT" and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        out.append(value)
+    return out
 
 
 def encode_key(table: str, pk: list[Any]) -> bytes:
@@ -116,6 +172,7 @@ class KvCoordPut(msgspec.Struct, frozen=True, tag="kv_coord_put"):
     context: list[tuple[str, int]]
     row: dict[str, Any] | None  # None: delete
     use_current: bool = False  # no context given: supersede what the coordinator holds
+    wid: str = ""  # the write's id (Version.wid)
 
 
 class KvReplicate(msgspec.Struct, frozen=True, tag="kv_replicate"):
@@ -135,6 +192,7 @@ class KvReply(msgspec.Struct, frozen=True, tag="kv_reply"):
     key: bytes
     clock: bytes = b""  # the replica's clock for the key after the request
     error: str = ""  # the request failed here (e.g. no such table yet)
+    error_kind: str = ""  # its errors.py kind (bad_request: the client's fault)
 
 
 class KvRequest(msgspec.Struct, frozen=True, tag="kv_request"):
@@ -146,10 +204,10 @@ class KvRequest(msgspec.Struct, frozen=True, tag="kv_request"):
     key: list[Any] = []  # primary key values (put: taken from ``row``)
     row: dict[str, Any] | None = None
     context: list[tuple[str, int]] = []
+    has_context: bool = False  # False: supersede what the coordinator holds
     r: int = 0  # 0: the cluster's default
     w: int = 0
     sloppy: bool = False
-    timeout_ms: int = 2000
 
 
 class KvResult(msgspec.Struct, frozen=True, tag="kv_result"):
@@ -200,12 +258,14 @@ class KvPurgeCheck(msgspec.Struct, frozen=True, tag="kv_purge_check"):
 
 
 class KvPurgeState(msgspec.Struct, frozen=True, tag="kv_purge_state"):
-    """Per key asked: the replica's clock (b"" if none) and whether it holds a hint."""
+    """Per key asked: the replica's clock (b"" if none), the clock of its purged
+    tombstone if it purged the key lately (b"" if not), and whether it holds a hint."""
 
     op: int
     sender: str
     clocks: list[bytes]
     hinted: list[bool]
+    purged: list[bytes] = []
 
 
 class KvPurge(msgspec.Struct, frozen=True, tag="kv_purge"):

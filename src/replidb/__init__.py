@@ -32,7 +32,6 @@ from replidb.client import (
     paramstyle,
     threadsafety,
 )
-from replidb.client.kv import KvClient, KvRead, kv_connect
 from replidb.errors import (
     BadRequest,
     Conflict,
@@ -95,3 +94,17 @@ __all__ = [
     "paramstyle",
     "threadsafety",
 ]
+
+_LAZY = {"KvClient", "KvRead", "kv_connect"}  # replidb.client.kv, imported when first used
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from replidb.client import kv
+
+        return getattr(kv, name)
+    raise AttributeError(f"module 'replidb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from replidb.cli.options import connect_option, fail
-from replidb.client.kv import KvClient
 from replidb.errors import Error
 
 __all__ = ["kv"]
@@ -43,7 +42,9 @@ def _options(func: Any) -> Any:
     return connect_option("Nodes of the leaderless cluster (the first that answers).")(func)
 
 
-def _client(addresses: str, via: str, timeout: float) -> KvClient:
+def _client(addresses: str, via: str, timeout: float) -> Any:
+    from replidb.client.kv import KvClient  # (imported when used: `replidb` starts faster)
+
     return KvClient(addresses, via=via, timeout=timeout)
 
 

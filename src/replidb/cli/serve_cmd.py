@@ -19,8 +19,6 @@ from replidb.cli.mesh_options import mesh_config, mesh_options
 from replidb.core import parse_policy
 from replidb.errors import Error
 from replidb.node import Node, NodeConfig
-from replidb.node.kv_server import KvNode, KvNodeConfig
-from replidb.node.mesh_server import MeshNode
 from replidb.node.process import die_with_parent
 from replidb.transport.peer import split_address
 
@@ -357,14 +355,23 @@ def _run(config: Any) -> int:
     return int(runner(_serve(config)))
 
 
+def _node_for(config: Any) -> Any:
+    """The node a configuration describes (the other topologies' modules are imported
+    only when used: every command pays for what `replidb` imports at start)."""
+    if isinstance(config, NodeConfig):
+        return Node(config)
+    if config.__class__.__name__ == "KvNodeConfig":
+        from replidb.node.kv_server import KvNode
+
+        return KvNode(config)
+    from replidb.node.mesh_server import MeshNode
+
+    return MeshNode(config)
+
+
 async def _serve(config: Any) -> int:
     try:
-        if isinstance(config, NodeConfig):
-            node: Any = Node(config)
-        elif isinstance(config, KvNodeConfig):
-            node = KvNode(config)
-        else:
-            node = MeshNode(config)
+        node = _node_for(config)
     except (Error, ValueError) as exc:  # the data directory does not suit these options
         click.echo(f"error: {exc}", err=True)
         return 1

@@ -46,11 +46,12 @@ from replidb.kv_coordinator import Outcome, handoff, run_read, run_write
 from replidb.transport import wire
 from replidb.transport.framing import frame, read_message
 from replidb.transport.kv_wire import (
+    TABLE_INFO_SQL,
     KvReply,
     KvRequest,
     KvResult,
-    affinity,
     encode_key,
+    key_columns,
     normalize_key,
     present_rows,
 )
@@ -266,22 +267,14 @@ class KvClient:
     def _table(self, table: str) -> _Table:
         found = self._tables.get(table)
         if found is None:
-            sql = "SELECT name, type, pk FROM pragma_table_info(?) ORDER BY pk"
-            reply = self._call(wire.Execute(0, [wire.Statement(sql, [table])]))
+            reply = self._call(wire.Execute(0, [wire.Statement(TABLE_INFO_SQL, [table])]))
             if not isinstance(reply, wire.ExecuteReply):
                 raise Unavailable(f"expected a query result, got {type(reply).__name__}")
             if reply.error_kind:
                 raise error_from_kind(reply.error_kind, reply.error or "")
-            rows = reply.results[0].rows
-            if not rows:
-                raise BadRequest(f"no such table: {table}")
-            key = [(str(name), affinity(str(kind or ""))) for name, kind, pk in rows if pk]
-            if not key:
-                raise BadRequest(
-                    f"table {table} has no PRIMARY KEY: leaderless rows are addressed by key"
-                )
-            columns = frozenset(str(row[0]) for row in rows)
-            found = _Table(columns, [n for n, _ in key], [a for _, a in key])
+            info = reply.results[0].rows
+            names, affinities = key_columns(table, info)
+            found = _Table(frozenset(str(row[0]) for row in info), names, affinities)
             self._tables[table] = found
         return found
 

@@ -18,7 +18,7 @@ import apsw
 
 from replidb.errors import BadRequest
 from replidb.storage.executor import translate
-from replidb.transport.kv_wire import affinity
+from replidb.transport.kv_wire import TABLE_INFO_SQL, key_columns
 
 __all__ = ["KvSchema"]
 
@@ -37,18 +37,8 @@ class KvSchema:
         found = self._keys.get(table)
         if found is not None:
             return found
-        rows: list[Any] = self.conn.execute(
-            "SELECT name, type, pk FROM pragma_table_info(?) ORDER BY pk", (table,)
-        ).fetchall()
-        if not rows:
-            raise BadRequest(f"no such table: {table}")
-        key = [(str(name), affinity(str(kind or ""))) for name, kind, pk in rows if pk]
-        if not key:
-            raise BadRequest(
-                f"table {table} has no PRIMARY KEY: leaderless rows are addressed by key"
-            )
-        found = ([n for n, _ in key], [a for _, a in key])
-        self._keys[table] = found
+        info: list[Any] = self.conn.execute(TABLE_INFO_SQL, (table,)).fetchall()
+        found = self._keys[table] = key_columns(table, info)
         return found
 
     def columns(self, table: str) -> list[str]:

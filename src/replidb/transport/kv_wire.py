@@ -23,8 +23,10 @@ from typing import Any
 import msgspec
 
 from replidb.core import dvv
+from replidb.errors import BadRequest
 
 __all__ = [
+    "TABLE_INFO_SQL",
     "KvCoordPut",
     "KvGet",
     "KvItem",
@@ -45,6 +47,7 @@ __all__ = [
     "clock_to_bytes",
     "decode_key",
     "encode_key",
+    "key_columns",
     "latest",
     "normalize_key",
     "present_rows",
@@ -129,6 +132,20 @@ def affinity(declared: str) -> str:
     if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
         return "REAL"
     return "NUMERIC"
+
+
+TABLE_INFO_SQL = "SELECT name, type, pk FROM pragma_table_info(?) ORDER BY pk"
+
+
+def key_columns(table: str, info: list[Any]) -> tuple[list[str], list[str]]:
+    """(names, affinities) of a table's primary key, in key order, from the rows of
+    TABLE_INFO_SQL; BadRequest if the table is unknown or has no primary key."""
+    if not info:
+        raise BadRequest(f"no such table: {table}")
+    key = [(str(name), affinity(str(kind or ""))) for name, kind, pk in info if pk]
+    if not key:
+        raise BadRequest(f"table {table} has no PRIMARY KEY: leaderless rows are addressed by key")
+    return [n for n, _ in key], [a for _, a in key]
 
 
 def normalize_key(values: list[Any], affinities: list[str]) -> list[Any]:

@@ -20,6 +20,10 @@ set per key (``core.dvv``): the concurrent versions — siblings — and nothing
   the context for a write that resolves them.
 - A deletion is a write of a tombstone value (None): it supersedes what its context
   saw, conflicts like any write, and reads treat a tombstone-only result as absent.
+  Purging a tombstone forgets the key's counters, so a replica that purged must
+  coordinate as a new actor afterwards (dots never repeat: a context read before the
+  purge would cover a write made after it), and must drop late copies of what the
+  tombstone superseded (``superseded_by_purge``).
 
 No I/O, no clock: the caller delivers messages and calls ``timeout()`` when it gives
 up waiting.
@@ -44,6 +48,7 @@ __all__ = [
     "coordinate",
     "present",
     "receive",
+    "superseded_by_purge",
 ]
 
 
@@ -90,6 +95,13 @@ def coordinate(current: dvv.Clock | None, put: CoordPut, node: str) -> dvv.Clock
 def receive(current: dvv.Clock | None, clock: dvv.Clock) -> dvv.Clock:
     """What a replica keeps when another replica's clock for the key arrives."""
     return clock if current is None else dvv.sync(current, clock)
+
+
+def superseded_by_purge(clock: dvv.Clock, purged: dvv.Clock | None) -> bool:
+    """A copy of the key arriving after its tombstone was purged that the tombstone
+    had already superseded (a late replicate, a read repair begun before the purge):
+    dropped, or it would bring the deleted row back."""
+    return purged is not None and (dvv.less(clock, purged) or dvv.equal(clock, purged))
 
 
 def present(clock: dvv.Clock) -> list[Any]:

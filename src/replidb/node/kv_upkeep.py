@@ -76,10 +76,8 @@ class Upkeep:
             purged = store.clock_bytes(keys, "replidb_kv_purged")
             node.send(peer, KvPurgeState(message.op, node.id, clocks, hinted, purged))
         elif isinstance(message, KvPurge):
-            now = node.now_ms()
-            node.counters["tombstones_purged"] += sum(
-                store.purge(item.key, item.clock, now) for item in message.items
-            )
+            items = [(item.key, item.clock) for item in message.items]
+            node.counters["tombstones_purged"] += store.purge(items, node.now_ms())
         else:
             store.run_ddl(message.schema, strict=False)
             node.send(peer, KvReply(message.op, node.id, b""))
@@ -233,4 +231,4 @@ class Upkeep:
             return
         for peer in peers:
             node.send(peer, KvPurge(0, node.id, purge))
-        node.counters["tombstones_purged"] += sum(store.purge(i.key, i.clock, now) for i in purge)
+        node.counters["tombstones_purged"] += store.purge([(i.key, i.clock) for i in purge], now)

@@ -10,11 +10,11 @@ for others, the keys it purged lately, and the schema, in one file.
   except in ``lww`` tables, where the latest version is the only answer and a write
   supersedes everything its coordinator holds.
 - Dots never repeat. This replica coordinates as an *actor* named after its node id
-  and the incarnation it started in, so a replica restored from an older copy cannot
-  reuse a dot it handed out before. Purging a key forgets its clock, so a purge
-  raises a *floor* that the next write of an absent key starts its counter above,
-  and the purged clock is kept for a grace period: a late copy of anything it
-  superseded is acknowledged and dropped, not stored (it would bring the row back).
+  and an incarnation that changes on every start (a replica restored from an older
+  copy cannot reuse a dot it handed out before) and after every purge (purging a key
+  forgets its counters; a context read before the purge would cover them). The
+  purged clock is kept for a grace period: a late copy of anything it superseded is
+  acknowledged and dropped, not stored (it would bring the row back).
 - Hints: clocks kept for a replica that did not answer, until it is handed them.
 - SQL writes are captured (``capture_write``: run, record the row changes, roll back)
   and then coordinated as key writes; DDL goes through ``storage.kv_schema``.
@@ -88,11 +88,7 @@ class KvStore:
         self._reader_guard = install_guard(self.reader)
         self.tables = KvSchema(self.writer)
         with self._transaction():
-            # A new incarnation on every start, above any this file or clock has seen.
-            incarnation = max(int(self._meta("incarnation") or 0) + 1, now_ms // 1000)
-            self._set_meta("incarnation", incarnation)
-        self.actor = f"{node_id}.{incarnation:x}"
-        self._floor = int(self._meta("floor") or 0)
+            self._new_actor(now_ms)
 
     def close(self) -> None:
         self.reader.close()
@@ -134,12 +130,11 @@ class KvStore:
         ``use_current`` and in lww tables, after everything this replica holds)."""
         with self._transaction() as conn:
             current = self._clock(conn, key)
-            base = current if current is not None else self._after_purge(conn, key)
-            if base is not None and (use_current or decode_key(key)[0] in self.lww):
-                context = dvv.join(base)
+            if current is not None and (use_current or decode_key(key)[0] in self.lww):
+                context = dvv.join(current)
             version = Version(now_ms, self.node_id, self._row_for(key, row), wid)
             put = leaderless.CoordPut(0, key, tuple(context), version)
-            clock = leaderless.coordinate(base, put, self.actor)
+            clock = leaderless.coordinate(current, put, self.actor)
             self._store(conn, key, current, clock, now_ms)
             return clock
 
@@ -150,7 +145,7 @@ class KvStore:
             current = self._clock(conn, key)
             if current is None:
                 purged = self._purged(conn, key)
-                if purged is not None and (dvv.less(clock, purged) or dvv.equal(clock, purged)):
+                if purged is not None and leaderless.superseded_by_purge(clock, purged):
                     return purged, False
             merged = leaderless.receive(current, clock)
             self._store(conn, key, current, merged, now_ms)
@@ -184,24 +179,28 @@ class KvStore:
         ).fetchall()
         return [(bytes(k), int(c)) for k, c in rows]
 
-    def purge(self, key: bytes, clock_bytes: bytes, now_ms: int) -> bool:
-        """Forget a tombstone, if its clock is still exactly ``clock_bytes``."""
+    def purge(self, items: Sequence[tuple[bytes, bytes]], now_ms: int) -> int:
+        """Forget tombstones (key, clock bytes) whose clock is still exactly that; how
+        many. Their clocks are kept a grace period (``receive``), and this replica
+        coordinates as a new actor from now on: the counters it forgot are never
+        handed out again (a context read before the purge would cover them)."""
+        purged = 0
         with self._transaction() as conn:
-            conn.execute(
-                "DELETE FROM replidb_kv WHERE key = ? AND clock = ? AND tombstone = 1",
-                (key, clock_bytes),
-            )
-            if not conn.changes():
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO replidb_kv_purged(key, clock, purged_ms) VALUES(?,?,?)",
-                (key, clock_bytes, now_ms),
-            )
-            top = max((e.counter for e in clock_from_bytes(clock_bytes).entries), default=0)
-            if top > self._floor:
-                self._floor = top
-                self._set_meta("floor", top)
-            return True
+            for key, clock_bytes in items:
+                conn.execute(
+                    "DELETE FROM replidb_kv WHERE key = ? AND clock = ? AND tombstone = 1",
+                    (key, clock_bytes),
+                )
+                if conn.changes():
+                    purged += 1
+                    conn.execute(
+                        "INSERT OR REPLACE INTO replidb_kv_purged(key, clock, purged_ms) "
+                        "VALUES(?, ?, ?)",
+                        (key, clock_bytes, now_ms),
+                    )
+            if purged:
+                self._new_actor(now_ms)
+        return purged
 
     def forget_purged(self, before_ms: int) -> int:
         """Purged keys' clocks kept since before ``before_ms`` are dropped."""
@@ -318,14 +317,6 @@ class KvStore:
         found = row.fetchone()
         return clock_from_bytes(found[0]) if found else None
 
-    def _after_purge(self, conn: apsw.Connection, key: bytes) -> dvv.Clock | None:
-        """What a write of a key absent here comes after: its purged clock if it was
-        purged lately, else nothing but the floor (dots up to it are spent)."""
-        purged = self._purged(conn, key)
-        if purged is not None:
-            return purged
-        return dvv.Clock((dvv.Entry(self.actor, self._floor),)) if self._floor else None
-
     def _row_for(self, key: bytes, row: dict[str, Any] | None) -> dict[str, Any] | None:
         """The row as stored: its key columns as the key has them (normalized), every
         column a known one holding a plain value; BadRequest names what is wrong."""
@@ -378,6 +369,14 @@ class KvStore:
         names = ", ".join(quote_name(c) for c in row)
         marks = ", ".join("?" for _ in row)
         conn.execute(f"INSERT INTO {name}({names}) VALUES({marks})", list(row.values()))
+
+    def _new_actor(self, now_ms: int) -> None:
+        """A new incarnation, above any this file has seen (and, on a start, above the
+        wall clock's seconds: a file restored from an older copy starts above what it
+        handed out since)."""
+        incarnation = max(int(self._meta("incarnation") or 0) + 1, now_ms // 1000)
+        self._set_meta("incarnation", incarnation)
+        self.actor = f"{self.node_id}.{incarnation:x}"
 
     def _meta(self, key: str) -> Any:
         row = self.writer.execute("SELECT value FROM replidb_kv_meta WHERE key = ?", (key,))

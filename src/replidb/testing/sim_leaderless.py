@@ -34,6 +34,7 @@ from replidb.core.leaderless import (
     WriteOp,
     coordinate,
     receive,
+    superseded_by_purge,
 )
 from replidb.core.merkle import MerkleTree, bucket_of
 from replidb.testing.events import EventQueue
@@ -55,6 +56,7 @@ HINT_WINDOW = 2000  # time units a hint is kept
 # message can still be on its way (a late copy of an older write would otherwise
 # bring the deleted row back).
 TOMBSTONE_GRACE = 1000
+SLOW_WRITES = 0.1  # reads whose write back comes after a pause longer than the grace
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,12 @@ class _Replica:
     store: dict[bytes, dvv.Clock] = field(default_factory=dict)
     hints: list[tuple[str, bytes, dvv.Clock, int]] = field(default_factory=list)
     up: bool = True
+    purged: dict[bytes, tuple[dvv.Clock, int]] = field(default_factory=dict)  # (clock, when)
+    incarnation: int = 0  # a new one after every purge: dots never repeat
+
+    @property
+    def actor(self) -> str:
+        return f"{self.id}.{self.incarnation}"
 
 
 @dataclass
@@ -150,6 +158,7 @@ class _Client:
         self.last_progress = 0
         self.timeouts = 0
         self.pending_write: tuple[bytes, list[tuple[str, int]], frozenset[str]] | None = None
+        self.not_before = 0  # a slow client: its write waits until then
 
 
 class LeaderlessSimulation:
@@ -243,6 +252,8 @@ class LeaderlessSimulation:
         self._ops += 1
         p = self.params
         if client.pending_write is not None:
+            if self.now < client.not_before:
+                return  # thinking: its context may outlive a purge of the key
             key, context, seen = client.pending_write
             client.pending_write = None
             value = None if self.rng.random() < 0.2 else f"v{self._ops}"
@@ -300,6 +311,9 @@ class LeaderlessSimulation:
                     context = op.context if self.rng.random() < 0.85 else []
                     seen = _covered(op.clock) if context else frozenset()
                     client.pending_write = (op.key, context, seen)
+                    slow = self.rng.random() < SLOW_WRITES
+                    pause = self.rng.randint(TOMBSTONE_GRACE, 3 * TOMBSTONE_GRACE)
+                    client.not_before = self.now + pause if slow else 0
         client.op = client.event = None
 
     # ---- replicas ------------------------------------------------------------------
@@ -310,10 +324,12 @@ class LeaderlessSimulation:
             return
         key = message.key
         before = replica.store.get(key)
+        purged = replica.purged.get(key, (None, 0))[0]
         if isinstance(message, CoordPut):
-            replica.store[key] = coordinate(replica.store.get(key), message, node)
+            replica.store[key] = coordinate(before, message, replica.actor)
         elif isinstance(message, Replicate):
-            replica.store[key] = receive(replica.store.get(key), message.clock)
+            if before is not None or not superseded_by_purge(message.clock, purged):
+                replica.store[key] = receive(replica.store.get(key), message.clock)
             if message.hint_for:
                 replica.hints.append((message.hint_for, key, message.clock, self.now))
         elif not isinstance(message, Get):
@@ -393,8 +409,14 @@ class LeaderlessSimulation:
             self.purged_tags.setdefault(key, set()).update(tags)
             self.purges.setdefault(key, []).append((self.now, tags))
             for replica in self.replicas.values():
-                replica.store.pop(key, None)
+                if replica.store.pop(key, None) is not None:
+                    replica.purged[key] = (first, self.now)
+                    replica.incarnation = self.result.purged + 1  # a new actor: dots never repeat
             self.result.purged += 1
+        for replica in self.replicas.values():  # purged clocks are kept a grace period
+            replica.purged = {
+                k: (c, t) for k, (c, t) in replica.purged.items() if self.now - t <= grace
+            }
 
     # ---- the world -----------------------------------------------------------------
 
@@ -474,7 +496,8 @@ def stale_reads(
     """Reads that started after a write of their key was acknowledged and returned
     neither it nor anything causally after it (R + W > N with strict quorums: none).
     ``purges``: per key, (when, tombstone tags) of each purge; what a purged deletion
-    superseded is gone for every read that starts after that purge."""
+    superseded is gone for every read that ends after that purge (one under way
+    meanwhile may be answered either way)."""
     past = _pasts(history)
 
     def buried(key: bytes, at: int) -> set[str]:
@@ -487,7 +510,7 @@ def stale_reads(
         missing = [
             write for write in acked
             if write.key == read.key and write.end < read.start
-            and write.tag not in buried(read.key, read.start)
+            and write.tag not in buried(read.key, read.end)
             and not _covers(past, read.seen, write.tag)
         ]  # fmt: skip
         if missing:  # one line per stale read, however many writes it missed

@@ -11,7 +11,7 @@ import pytest
 
 from replidb.core.hlc import HLC
 from replidb.core.mesh import Change
-from replidb.errors import SQLError
+from replidb.errors import BadRequest, SQLError
 from replidb.storage.mesh_store import MeshStore
 from replidb.transport.wire import Statement as S
 
@@ -139,6 +139,20 @@ def test_a_failed_write_changes_nothing_and_logs_nothing(nodes: tuple[Node, Node
             2, HLC(800, 0, "a"), {},
         )  # fmt: skip
     assert a.store.applied() == before and a.rows() == []
+
+
+def test_ddl_after_row_changes_is_refused_by_name_and_changes_nothing(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, _ = nodes
+    before = a.store.applied()
+    with pytest.raises(BadRequest, match="run schema changes \\(DDL\\) before the row changes"):
+        a.store.execute_local(
+            [S("INSERT INTO t(v) VALUES ('x')"), S("CREATE TABLE u(id INTEGER PRIMARY KEY)")],
+            2, HLC(800, 0, "a"), {},
+        )  # fmt: skip
+    assert a.store.applied() == before and a.rows() == []
+    assert a.rows("SELECT count(*) FROM sqlite_master WHERE name = 'u'") == [[0]]
 
 
 def test_the_log_serves_changes_in_apply_order(nodes: tuple[Node, Node]) -> None:

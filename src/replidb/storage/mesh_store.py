@@ -35,7 +35,7 @@ import msgspec
 
 from replidb.core.hlc import HLC
 from replidb.core.mesh import Change, decide
-from replidb.errors import InternalError
+from replidb.errors import BadRequest
 from replidb.storage import mesh_ids, sessions
 from replidb.storage.executor import (
     capture_changes,
@@ -228,8 +228,11 @@ class MeshStore:
         rows: list[_RowOp] = []
         for segment in segments:
             if isinstance(segment, DDL):
-                if rows:
-                    raise InternalError("multi-leader: DDL after row changes in one write")
+                if rows:  # (a change's record runs its DDL first, on every node)
+                    raise BadRequest(
+                        "multi-leader: run schema changes (DDL) before the row changes of a "
+                        "transaction, or in their own request"
+                    )
                 ddl.append(segment.sql)
             elif isinstance(segment, Changes):
                 rows.extend(self._row_ops(conn, segment, stamp))

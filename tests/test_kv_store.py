@@ -117,16 +117,40 @@ def test_sql_writes_are_captured_and_rolled_back(tmp_path: Path) -> None:
 
 
 def test_schema_from_other_nodes_runs_once_in_order(tmp_path: Path) -> None:
-    a, b = _store(tmp_path, "n1"), _store(tmp_path, "n2")
+    a, b = _store(tmp_path, "n1"), _store(tmp_path, "n2")  # (each created t and e itself)
     a.run_ddl(["CREATE TABLE u(id INTEGER PRIMARY KEY)"], strict=True)
-    assert b.run_ddl(a.schema(), strict=False) == ["CREATE TABLE u(id INTEGER PRIMARY KEY)"]
+    # a's CREATE TABLE t fails on b (it exists): logged and recorded, not retried.
+    assert "CREATE TABLE u(id INTEGER PRIMARY KEY)" in b.run_ddl(a.schema(), strict=False)
     assert b.run_ddl(a.schema(), strict=False) == []
-    assert b.schema() == a.schema()
-    # A statement that fails here (the table exists) is recorded, not retried forever.
-    b.writer.execute("CREATE TABLE w(id INTEGER PRIMARY KEY)")
-    assert b.run_ddl(["CREATE TABLE w(id INTEGER PRIMARY KEY)"], strict=False)
+    # The same text again after a DROP is another run of it, and travels too.
+    a.run_ddl(["DROP TABLE u"], strict=True)
+    a.run_ddl(["CREATE TABLE u(id INTEGER PRIMARY KEY)"], strict=True)
+    assert b.run_ddl(a.schema(), strict=False) == [
+        "DROP TABLE u",
+        "CREATE TABLE u(id INTEGER PRIMARY KEY)",
+    ]
+    for store in (a, b):
+        assert store.writer.execute("SELECT count(*) FROM u").fetchall() == [(0,)]
     with pytest.raises(BadRequest):
         a.run_ddl(["CREATE TABLE t(id INTEGER PRIMARY KEY)"], strict=True)
+
+
+def test_a_late_copy_bundled_with_a_newer_write_stays_superseded(tmp_path: Path) -> None:
+    """The key exists again (inserted after the purge): a late copy of the version
+    the purged deletion superseded must not come back as a sibling."""
+    a, c = _store(tmp_path, "n1"), _store(tmp_path, "n3")
+    key = encode_key("t", [1])
+    old = a.coordinate(key, [], {"id": 1, "v": "old"}, now_ms=10)
+    tomb = a.coordinate(key, dvv.join(old), None, now_ms=20)
+    c.receive(key, tomb, now_ms=21)
+    for store in (a, c):
+        assert store.purge([(key, clock_to_bytes(tomb))], now_ms=30) == 1
+    a.coordinate(key, [], {"id": 1, "v": "fresh"}, now_ms=40)
+    merged, _ = a.receive(key, old, now_ms=50)
+    assert present_rows(merged, lww=False) == [{"id": 1, "v": "fresh"}]
+    assert present_rows(c.receive(key, merged, now_ms=60)[0], lww=False) == [
+        {"id": 1, "v": "fresh"}
+    ]
 
 
 def test_keys_need_a_primary_key_and_a_known_table(tmp_path: Path) -> None:
@@ -202,6 +226,11 @@ def test_keys_are_normalized_by_affinity_and_composite_keys_keep_key_order(
 ) -> None:
     store = _store(tmp_path)
     assert store.key("t", ["1"]) == store.key("t", [1.0]) == encode_key("t", [1])
+    assert store.key("t", ["1.0"]) == store.key("t", [" 1e0 "]) == encode_key("t", [1])
+    assert store.key("t", ["1.5"]) == encode_key("t", [1.5])
+    for bad in (None, [1], float("nan")):
+        with pytest.raises(BadRequest, match="key value"):
+            store.key("t", [bad])
     assert store.key("e", [5]) == encode_key("e", ["5"])
     with pytest.raises(BadRequest, match="is not as the table stores it"):
         store.check_key(encode_key("t", ["1"]))

@@ -66,21 +66,6 @@ def test_without_anti_entropy_replicas_diverge(monkeypatch: pytest.MonkeyPatch) 
     assert any("differ" in v for s in range(20) for v in run_leaderless(s).violations)
 
 
-def test_purging_tombstones_without_a_grace_period_is_caught(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A late copy of an older write recreates a key purged too early, unless the
-    purged clock is remembered: the deleted row comes back (seed 90 shows it)."""
-    purge = sim_leaderless.LeaderlessSimulation._purge
-
-    def eager(self: sim_leaderless.LeaderlessSimulation, grace: int = 0) -> None:
-        purge(self, 0)
-
-    monkeypatch.setattr(sim_leaderless.LeaderlessSimulation, "_purge", eager)
-    monkeypatch.setattr(sim_leaderless, "superseded_by_purge", lambda clock, purged: False)
-    assert any(run_leaderless(seed).violations for seed in range(100))
-
-
 def test_dots_handed_out_again_after_a_purge_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A replica that keeps its actor across a purge reuses dots: a client whose
     context predates the purge (a slow writer) silently supersedes a write made after

@@ -133,6 +133,13 @@ async def run_write(
         return
     detail = f" ({outcome.describe()})" if outcome.errors else ""
     if op.clock is None:
+        # A coordinator that never answered may have stored it (and will pass it on).
+        silent = [n for n in op._tried if n not in outcome.errors and n not in outcome.answered]
+        if silent:
+            raise OutcomeUnknown(
+                f"{', '.join(silent)} took the write and did not answer{detail}: it may or "
+                "may not be made"
+            )
         raise outcome.clients_fault() or Unavailable(
             f"no replica of the key took the write{detail}"
         )

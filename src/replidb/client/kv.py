@@ -372,7 +372,9 @@ class KvClient:
         op = leaderless.WriteOp(op_id, key, row, context or [], self.ring, self.n, w, sloppy, down)
         outcome = Outcome()
         try:
-            await run_write(op, self._send, inbox, self.replica_timeout, outcome, context is None)
+            wid = os.urandom(8).hex()  # the same on every coordinator tried
+            timeout = self.replica_timeout
+            await run_write(op, self._send, inbox, timeout, outcome, context is None, wid)
         finally:
             task = asyncio.get_running_loop().create_task(self._handoff(op, inbox, outcome))
             self._pending.add(task)

@@ -369,6 +369,8 @@ class KvNode:
             return KvResult(request.id)
         except Error as exc:
             return KvResult(request.id, error_kind=exc.kind, error=exc.message)
+        except (TypeError, ValueError, OverflowError) as exc:  # a value no row can hold
+            return KvResult(request.id, error_kind=BadRequest.kind, error=f"bad request: {exc}")
 
     async def execute(self, request: wire.Execute) -> wire.ExecuteReply:
         """SQL: reads from this replica's rows; writes captured here, then coordinated

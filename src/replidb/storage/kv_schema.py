@@ -51,21 +51,29 @@ class KvSchema:
         return found
 
     def statements(self) -> list[str]:
+        """Every DDL statement run here, in order, as "ID SQL" (the id names one run of
+        it: a table dropped and created again with the same text is two runs)."""
         rows: list[Any] = self.conn.execute(
-            "SELECT sql FROM replidb_kv_schema ORDER BY seq"
+            "SELECT id, sql FROM replidb_kv_schema ORDER BY seq"
         ).fetchall()
-        return [str(sql) for (sql,) in rows]
+        return [f"{ddl_id} {sql}" for ddl_id, sql in rows]
 
-    def run(self, statements: Sequence[str], strict: bool) -> list[str]:
-        """Run, inside the caller's transaction, the DDL not run here yet, in order;
-        the statements run. ``strict`` (a client's request): a failing statement
-        raises. Otherwise (another node's schema: e.g. the same table created on two
-        nodes at once) it is logged and recorded anyway, so it is not retried forever."""
-        known = set(self.statements())
+    def run(self, statements: Sequence[str], strict: bool, origin: str = "") -> list[str]:
+        """Run DDL inside the caller's transaction; the statements run. ``strict``: a
+        client's request (plain SQL, each run recorded under a new id made from
+        ``origin``); a failing statement raises. Otherwise: another node's schema
+        ("ID SQL" items): what has not run here runs in order, and a statement that
+        fails (e.g. the same table created on two nodes at once) is logged and
+        recorded anyway, so it is not retried forever."""
+        known = {item.split(" ", 1)[0] for item in self.statements()}
         done = []
-        for sql in statements:
-            if sql in known:
-                continue
+        for item in statements:
+            if strict:
+                ddl_id, sql = f"{origin}-{len(known) + 1}", item
+            else:
+                ddl_id, _, sql = item.partition(" ")
+                if ddl_id in known or not sql:
+                    continue
             try:
                 self.conn.execute("SAVEPOINT ddl")
                 self.conn.execute(sql)
@@ -77,8 +85,8 @@ class KvSchema:
                 if strict:
                     raise (exc if isinstance(exc, BadRequest) else translate(exc)) from None
                 log.warning("schema from another node failed here: %s: %s", sql, exc)
-            self.conn.execute("INSERT INTO replidb_kv_schema(sql) VALUES(?)", (sql,))
-            known.add(sql)
+            self.conn.execute("INSERT INTO replidb_kv_schema(id, sql) VALUES(?, ?)", (ddl_id, sql))
+            known.add(ddl_id)
             done.append(sql)
         if done:
             self._keys.clear()

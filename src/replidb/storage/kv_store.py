@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS replidb_kv_hints(
 CREATE INDEX IF NOT EXISTS replidb_kv_hints_for ON replidb_kv_hints(for_node, id);
 CREATE TABLE IF NOT EXISTS replidb_kv_purged(
     key BLOB PRIMARY KEY, clock BLOB NOT NULL, purged_ms INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS replidb_kv_schema(seq INTEGER PRIMARY KEY, sql TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS replidb_kv_schema(
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sql TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS replidb_kv_meta(key TEXT PRIMARY KEY, value);
 """
 
@@ -140,13 +141,17 @@ class KvStore:
 
     def receive(self, key: bytes, clock: dvv.Clock, now_ms: int) -> tuple[dvv.Clock, bool]:
         """Another replica's clock for the key: merge it; (the result, whether it changed).
-        A copy of what a deletion purged here lately superseded is dropped."""
+        What a deletion purged here lately superseded is dropped from it."""
         with self._transaction() as conn:
             current = self._clock(conn, key)
-            if current is None:
-                purged = self._purged(conn, key)
-                if purged is not None and leaderless.superseded_by_purge(clock, purged):
+            purged = self._purged(conn, key)
+            if purged is not None:
+                if current is None and leaderless.superseded_by_purge(clock, purged):
                     return purged, False
+                # Whatever the purged tombstone superseded stays superseded, also when
+                # it comes bundled with a write made since (its tombstone comes back
+                # with it, as a value no read shows).
+                clock = dvv.sync(clock, purged)
             merged = leaderless.receive(current, clock)
             self._store(conn, key, current, merged, now_ms)
             return merged, merged != current
@@ -299,7 +304,10 @@ class KvStore:
 
     def run_ddl(self, statements: Sequence[str], strict: bool) -> list[str]:
         with self._transaction():
-            return self.tables.run(statements, strict)
+            done = self.tables.run(statements, strict, self.actor)
+            if done:  # (a dropped table's counters are forgotten: never hand them out again)
+                self._new_actor(int(self._meta("clock_ms") or 0))
+            return done
 
     # ---- internals -------------------------------------------------------------------
 
@@ -366,16 +374,21 @@ class KvStore:
         conn.execute(f"DELETE FROM {name} WHERE {where}", pk)
         if row is None:
             return
+        # Columns dropped since the version was written are left out: every replica
+        # materializes it alike, and it still converges.
+        known = set(self.tables.columns(table))
+        row = {c: v for c, v in row.items() if c in known}
         names = ", ".join(quote_name(c) for c in row)
         marks = ", ".join("?" for _ in row)
         conn.execute(f"INSERT INTO {name}({names}) VALUES({marks})", list(row.values()))
 
     def _new_actor(self, now_ms: int) -> None:
-        """A new incarnation, above any this file has seen (and, on a start, above the
-        wall clock's seconds: a file restored from an older copy starts above what it
-        handed out since)."""
-        incarnation = max(int(self._meta("incarnation") or 0) + 1, now_ms // 1000)
+        """A new incarnation, above any this file has seen and above the wall clock in
+        ms (a file restored from an older copy starts above what it handed out since:
+        incarnations change far less often than every millisecond)."""
+        incarnation = max(int(self._meta("incarnation") or 0) + 1, now_ms)
         self._set_meta("incarnation", incarnation)
+        self._set_meta("clock_ms", now_ms)
         self.actor = f"{self.node_id}.{incarnation:x}"
 
     def _meta(self, key: str) -> Any:

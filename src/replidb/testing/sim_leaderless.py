@@ -329,7 +329,8 @@ class LeaderlessSimulation:
             replica.store[key] = coordinate(before, message, replica.actor)
         elif isinstance(message, Replicate):
             if before is not None or not superseded_by_purge(message.clock, purged):
-                replica.store[key] = receive(replica.store.get(key), message.clock)
+                incoming = message.clock if purged is None else dvv.sync(message.clock, purged)
+                replica.store[key] = receive(replica.store.get(key), incoming)
             if message.hint_for:
                 replica.hints.append((message.hint_for, key, message.clock, self.now))
         elif not isinstance(message, Get):
@@ -535,6 +536,7 @@ def check_history(
     strict = not params.sloppy and params.r + params.w > params.n
     problems = stale_reads(history, purges) if strict else []
     past = _pasts(history)
+    deletions = {e.tag for e in history if e.kind == "write" and e.value is None}
     for write in (e for e in history if e.kind == "write" and e.outcome == "ok"):
         live, purged = final.get(write.key, (set(), set()))
         if not _covers(past, live | purged, write.tag):
@@ -542,7 +544,7 @@ def check_history(
     for key, (live, purged) in final.items():
         # A purged deletion must stay deleted: what it superseded may not return.
         buried = set(purged).union(*(past.get(t, frozenset()) for t in purged))
-        back = live & buried
+        back = (live & buried) - deletions  # (a tombstone coming back shows no row)
         if back:
             problems.append(f"{sorted(back)} on {key!r} came back after its deletion was purged")
     return problems[:20]

@@ -17,6 +17,7 @@ are anti-entropy, ``KvPurgeCheck``/``KvPurgeState``/``KvPurge`` tombstone remova
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -148,21 +149,51 @@ def key_columns(table: str, info: list[Any]) -> tuple[list[str], list[str]]:
     return [n for n, _ in key], [a for _, a in key]
 
 
+def _numeric(text: str) -> int | float | None:
+    """Text SQLite would store as a number in a NUMERIC/INTEGER column, as that
+    number (integral values within 64 bits as int), else None."""
+    text = text.strip()
+    if len(text) > 64:
+        return None
+    if _INT_TEXT.match(text):
+        number = int(text)
+        return number if -(2**63) <= number < 2**63 else None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return _integral(value) if math.isfinite(value) else None
+
+
+def _integral(value: float) -> int | float:
+    if value.is_integer() and -(2**63) <= value < 2**63:
+        return int(value)
+    return value
+
+
 def normalize_key(values: list[Any], affinities: list[str]) -> list[Any]:
     """Key values as SQLite would store them in columns of these affinities, so that
-    1, "1" and 1.0 in an INTEGER key are one key everywhere (ring, clocks, rows)."""
+    1, "1", "1.0" and 1.0 in an INTEGER key are one key everywhere (ring, clocks,
+    rows). BadRequest for a value no key can hold."""
     out = []
     for value, kind in zip(values, affinities, strict=True):
+        if not isinstance(value, int | float | str | bytes) or isinstance(value, bool):
+            raise BadRequest(f"a key value is int, float, str or bytes, not {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadRequest(f"a key value cannot be {value!r}")
         if kind in ("INTEGER", "NUMERIC"):
-            integral_text = isinstance(value, str) and _INT_TEXT.match(value.strip())
-            if integral_text or (isinstance(value, float) and value.is_integer()):
-                value = int(value)
-        elif kind == "REAL" and isinstance(value, int | str) and not isinstance(value, bool):
-            try:
+            if isinstance(value, str):
+                number = _numeric(value)
+                value = value if number is None else number
+            elif isinstance(value, float):
+                value = _integral(value)
+        elif kind == "REAL":
+            if isinstance(value, str):
+                number = _numeric(value)
+                value = value if number is None else float(number)
+            elif isinstance(value, int):
                 value = float(value)
-            except ValueError:
-                pass
-        elif kind == "TEXT" and isinstance(value, int | float) and not isinstance(value, bool):
+        elif kind == "TEXT" and isinstance(value, int | float):
             value = str(value)
         out.append(value)
     return out

@@ -122,6 +122,9 @@ def test_schema_from_other_nodes_runs_once_in_order(tmp_path: Path) -> None:
     # a's CREATE TABLE t fails on b (it exists): logged and recorded, not retried.
     assert "CREATE TABLE u(id INTEGER PRIMARY KEY)" in b.run_ddl(a.schema(), strict=False)
     assert b.run_ddl(a.schema(), strict=False) == []
+    failed, last = b.tables.failures()  # (shown by replidb status: schemas differ)
+    assert failed == 2 and "CREATE TABLE e" in last and "already exists" in last
+    assert a.tables.failures() == (0, "")
     # The same text again after a DROP is another run of it, and travels too.
     a.run_ddl(["DROP TABLE u"], strict=True)
     a.run_ddl(["CREATE TABLE u(id INTEGER PRIMARY KEY)"], strict=True)

@@ -30,7 +30,8 @@ def kv_report(shown: dict[str, str], found: dict[str, wire.NodeStatus | None]) -
                 keys=st.kv_keys,
                 hints=dict(st.kv_hints),
                 counters=dict(st.kv_counters),
-                healthy=True,
+                healthy=not st.refused,
+                refused=st.refused or None,
                 connected=list(st.peers_connected),
             )
         nodes.append(row)
@@ -67,4 +68,7 @@ def render_kv(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     lww = ", ".join(report["lww"]) or "none"
     console.print(f"leaderless: N={report['n']} R={report['r']} W={report['w']}; lww tables: {lww}")
+    for n in report["nodes"]:
+        if n.get("refused"):
+            console.print(f"[red]{n['id']}[/red]: {n['refused']}")
     console.print(report["durability"])

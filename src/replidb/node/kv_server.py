@@ -444,6 +444,7 @@ class KvNode:
     def status(self) -> wire.NodeStatus:
         c = self.config
         keys = self.store.count()
+        failed, last_failure = self.store.tables.failures()
         return wire.NodeStatus(
             id=self.id,
             address=c.listen,
@@ -467,7 +468,8 @@ class KvNode:
             kv_keys=keys,
             kv_hints=self.store.hint_counts(),
             kv_lww=sorted(c.lww),
-            kv_counters=dict(sorted(self.counters.items())),
+            kv_counters=dict(sorted({**self.counters, "schema_failures": failed}.items())),
+            refused=f"schema from another node failed here: {last_failure}" if failed else "",
         )
 
 

@@ -74,6 +74,7 @@ class KvSchema:
                 ddl_id, _, sql = item.partition(" ")
                 if ddl_id in known or not sql:
                     continue
+            failed = None
             try:
                 self.conn.execute("SAVEPOINT ddl")
                 self.conn.execute(sql)
@@ -84,8 +85,12 @@ class KvSchema:
                 self.conn.execute("RELEASE ddl")
                 if strict:
                     raise (exc if isinstance(exc, BadRequest) else translate(exc)) from None
+                failed = str(exc)
                 log.warning("schema from another node failed here: %s: %s", sql, exc)
-            self.conn.execute("INSERT INTO replidb_kv_schema(id, sql) VALUES(?, ?)", (ddl_id, sql))
+            self.conn.execute(
+                "INSERT INTO replidb_kv_schema(id, sql, failed) VALUES(?, ?, ?)",
+                (ddl_id, sql, failed),
+            )
             known.add(ddl_id)
             done.append(sql)
         if done:
@@ -96,6 +101,14 @@ class KvSchema:
             self.conn.execute(f"DELETE FROM replidb_kv WHERE tbl NOT IN {gone}")
             self.conn.execute(f"DELETE FROM replidb_kv_hints WHERE tbl NOT IN {gone}")
         return done
+
+    def failures(self) -> tuple[int, str]:
+        """How many statements from other nodes failed here, and the latest: the
+        schema here differs from theirs until someone fixes it."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT sql, failed FROM replidb_kv_schema WHERE failed IS NOT NULL ORDER BY seq"
+        ).fetchall()
+        return len(rows), (f"{rows[-1][0]}: {rows[-1][1]}" if rows else "")
 
     def _refuse_secondary_unique(self) -> None:
         row = self.conn.execute(

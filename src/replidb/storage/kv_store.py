@@ -66,7 +66,7 @@ CREATE INDEX IF NOT EXISTS replidb_kv_hints_for ON replidb_kv_hints(for_node, id
 CREATE TABLE IF NOT EXISTS replidb_kv_purged(
     key BLOB PRIMARY KEY, clock BLOB NOT NULL, purged_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS replidb_kv_schema(
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sql TEXT NOT NULL);
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sql TEXT NOT NULL, failed TEXT);
 CREATE TABLE IF NOT EXISTS replidb_kv_meta(key TEXT PRIMARY KEY, value);
 """
 

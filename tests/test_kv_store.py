@@ -278,3 +278,15 @@ def test_a_write_stored_under_two_dots_is_read_once(tmp_path: Path) -> None:
     merged, _ = a.receive(key, second, now_ms=3)
     assert len(dvv.values(merged)) == 2 and first != second
     assert present_rows(merged, lww=False) == [{"id": 1, "v": "x"}]
+
+
+def test_a_node_refuses_a_data_directory_of_another_topology(tmp_path: Path) -> None:
+    from replidb.node.kv_server import KvNode, KvNodeConfig
+    from replidb.node.mesh_server import MeshNode, MeshNodeConfig
+
+    (tmp_path / "mesh.db").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds a multi-leader node's data: a leaderless node"):
+        KvNode(KvNodeConfig("n1", tmp_path, "127.0.0.1:1", {}))
+    (tmp_path / "replidb.db").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds a single-leader node's data: a multi-leader"):
+        MeshNode(MeshNodeConfig("n1", tmp_path, "127.0.0.1:1", {}))

@@ -35,7 +35,12 @@ from replidb.errors import (
 )
 from replidb.kv_coordinator import Outcome, handoff, run_read, run_write
 from replidb.node.kv_upkeep import Upkeep
-from replidb.node.runtime import Tasks, answer_when_ready, serve_connection
+from replidb.node.runtime import (
+    Tasks,
+    answer_when_ready,
+    refuse_other_layouts,
+    serve_connection,
+)
 from replidb.storage.executor import NeedsWrite
 from replidb.storage.kv_store import KvStore, RowWrite
 from replidb.transport import wire
@@ -109,12 +114,8 @@ class KvNode:
         self.config = config
         self.id = config.node_id
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("replidb.db", "data.db", "mesh.db"):
-            if (config.data_dir / name).exists():
-                raise ValueError(
-                    f"{config.data_dir} holds another topology's data ({name}): a leaderless "
-                    "node needs its own (empty) data directory"
-                )
+        others = ("replidb.db", "data.db", "mesh.db")
+        refuse_other_layouts(config.data_dir, "a leaderless", others)
         self.store = KvStore(config.data_dir / "kv.db", self.id, self.now_ms(), config.lww)
         self.ring = HashRing(config.nodes, config.vnodes)
         self.links = {
@@ -234,9 +235,7 @@ class KvNode:
         elif isinstance(message, KvReply):
             self._on_reply(message)
         elif isinstance(message, KvTreeDiff | KvPurgeState):
-            waiter = self._waiters.get(message.op)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(message)
+            self._answer_waiter(message.op, message)
         elif isinstance(message, KvTree | KvPush | KvPurgeCheck | KvPurge | KvSchema):
             self.upkeep.on_message(peer, message)
         else:
@@ -248,10 +247,14 @@ class KvNode:
         inbox = self._inboxes.get(reply.op)
         if inbox is not None:
             inbox.put_nowait(reply)
-            return
-        waiter = self._waiters.get(reply.op)
+        else:
+            self._answer_waiter(reply.op, reply)
+
+    def _answer_waiter(self, op: int, message: wire.Message) -> None:
+        """The answer to a request sent with ``ask`` (if still awaited)."""
+        waiter = self._waiters.get(op)
         if waiter is not None and not waiter.done():
-            waiter.set_result(reply)
+            waiter.set_result(message)
 
     async def _client_loop(
         self, first: wire.Message, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

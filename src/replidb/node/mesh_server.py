@@ -21,7 +21,12 @@ from typing import Any
 
 from replidb.core.mesh import ChangeAck, ChangeBatch, Mesh, MeshConfig
 from replidb.errors import BadRequest, Error, InternalError, ProtocolError
-from replidb.node.runtime import Tasks, answer_when_ready, serve_connection
+from replidb.node.runtime import (
+    Tasks,
+    answer_when_ready,
+    refuse_other_layouts,
+    serve_connection,
+)
 from replidb.storage.executor import NeedsWrite
 from replidb.storage.mesh_store import MeshStore, Resolver
 from replidb.transport import wire
@@ -67,7 +72,7 @@ class MeshNode:
         nodes = config.nodes
         offset = nodes.index(self.id) + 1
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        _refuse_other_layouts(config.data_dir)
+        refuse_other_layouts(config.data_dir, "a multi-leader", ("replidb.db", "data.db"))
         self.store = MeshStore(
             config.data_dir / "mesh.db",
             self.id,
@@ -300,12 +305,3 @@ class MeshNode:
             conflicts=self.store.conflicts,
             refused=self.last_refusal,
         )
-
-
-def _refuse_other_layouts(data_dir: Path) -> None:
-    for name, what in (("replidb.db", "a single-leader"), ("data.db", "a wal-shipping")):
-        if (data_dir / name).exists():
-            raise ValueError(
-                f"{data_dir} holds {what} node's data: a multi-leader node needs its own "
-                "(empty) data directory"
-            )

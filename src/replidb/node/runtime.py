@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from replidb.errors import ProtocolError
 from replidb.transport import wire
 from replidb.transport.framing import frame, read_message
 
-__all__ = ["Tasks", "answer_when_ready", "serve_connection"]
+__all__ = ["Tasks", "answer_when_ready", "refuse_other_layouts", "serve_connection"]
 
 
 class Tasks:
@@ -34,6 +35,26 @@ class Tasks:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+# The file each kind of node keeps its data in, inside its data directory.
+_LAYOUTS = {
+    "replidb.db": "a single-leader",
+    "data.db": "a wal-shipping",
+    "mesh.db": "a multi-leader",
+    "kv.db": "a leaderless",
+}
+
+
+def refuse_other_layouts(data_dir: Path, kind: str, others: tuple[str, ...]) -> None:
+    """ValueError if ``data_dir`` holds one of the ``others`` layouts: a node of
+    ``kind`` must not start on (and write beside) another kind's data."""
+    for name in others:
+        if (data_dir / name).exists():
+            raise ValueError(
+                f"{data_dir} holds {_LAYOUTS[name]} node's data: {kind} node needs its own "
+                "(empty) data directory"
+            )
 
 
 async def answer_when_ready(reply: Awaitable[wire.Message], writer: asyncio.StreamWriter) -> None:

@@ -35,7 +35,6 @@ import dataclasses
 import hashlib
 import heapq
 import multiprocessing
-import os
 import random
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -48,6 +47,7 @@ from replidb.core.policy import CommitPolicy, guarantee, parse_policy
 from replidb.core.replica import Config, Ready, Replica
 from replidb.testing.checkers import InvariantViolation, SafetyChecker
 from replidb.testing.memory import MemoryStorage
+from replidb.testing.seeds import report_seeds
 from replidb.testing.sim_membership import MembershipDriver
 from replidb.testing.sim_reads import ReadDriver
 
@@ -896,25 +896,8 @@ def main_sim(
     reads: bool = False,
 ) -> int:
     """CLI entry (``replidb sim``): run ``seeds`` seeds from ``seed``; 1 on a violation."""
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "big")
-        print(f"seed: {seed} (random)")
-    failed: list[int] = []
-    for current in range(seed, seed + seeds):
-        result = run(current, membership=membership, reads=reads)
-        if verbose:
-            print("\n".join(result.trace))
-        print(result.summary())
-        print(f"  trace digest {result.trace_digest}")
-        for violation in result.violations:
-            print(f"  {violation}")
-            flag = (" --membership" if membership else "") + (" --reads" if reads else "")
-            print(f"  replay with: replidb sim --seed {current}{flag} --verbose")
-        if result.violations:
-            failed.append(current)
-    if seeds > 1:
-        print(
-            f"{seeds - len(failed)}/{seeds} seeds passed"
-            + (f"; failed: {failed}" if failed else "")
-        )
-    return 1 if failed else 0
+    flag = (" --membership" if membership else "") + (" --reads" if reads else "")
+    return report_seeds(
+        seed, seeds, lambda s: run(s, membership=membership, reads=reads),
+        f"replidb sim{flag}", verbose,
+    )  # fmt: skip

@@ -18,7 +18,6 @@ Checked (``check_history``, also usable on histories recorded elsewhere):
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from replidb.core.leaderless import (
 )
 from replidb.core.merkle import MerkleTree, bucket_of
 from replidb.testing.events import EventQueue
+from replidb.testing.seeds import report_seeds
 
 __all__ = [
     "Event",
@@ -563,23 +563,8 @@ def main_leaderless_sim(
     w: int | None = None,
 ) -> int:  # fmt: skip
     """CLI entry (``replidb sim --leaderless``); 1 on a violation."""
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "big")
-        print(f"seed: {seed} (random)")
-    failed = []
-    for current in range(seed, seed + seeds):
-        result = run_leaderless(current, r=r, w=w)
-        if verbose:
-            print("\n".join(result.trace))
-        print(result.summary())
-        for violation in result.violations:
-            print(f"  {violation}")
-        if result.violations:
-            print(f"  replay with: replidb sim --leaderless --seed {current} --verbose")
-            failed.append(current)
-    if seeds > 1:
-        print(
-            f"{seeds - len(failed)}/{seeds} seeds passed"
-            + (f"; failed: {failed}" if failed else "")
-        )
-    return 1 if failed else 0
+    rw = f" --rw {r},{w}" if r is not None and w is not None else ""
+    return report_seeds(
+        seed, seeds, lambda s: run_leaderless(s, r=r, w=w), f"replidb sim --leaderless{rw}",
+        verbose,
+    )  # fmt: skip

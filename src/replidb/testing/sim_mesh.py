@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import multiprocessing
-import os
 import random
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +35,7 @@ import msgspec
 from replidb.core.hlc import HLC
 from replidb.core.mesh import TOPOLOGIES, Change, Mesh, MeshConfig, MeshMessage, decide
 from replidb.testing.events import EventQueue
+from replidb.testing.seeds import report_seeds
 
 __all__ = [
     "MeshSimResult",
@@ -446,24 +446,4 @@ def run_mesh_seeds(
 
 def main_mesh_sim(seed: int | None, seeds: int = 1, verbose: bool = False) -> int:
     """CLI entry (``replidb sim --multi-leader``); 1 on a violation."""
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "big")
-        print(f"seed: {seed} (random)")
-    failed = []
-    for current in range(seed, seed + seeds):
-        result = run_mesh(current)
-        if verbose:
-            print("\n".join(result.trace))
-        print(result.summary())
-        print(f"  trace digest {result.trace_digest}")
-        for violation in result.violations:
-            print(f"  {violation}")
-            print(f"  replay with: replidb sim --multi-leader --seed {current} --verbose")
-        if result.violations:
-            failed.append(current)
-    if seeds > 1:
-        print(
-            f"{seeds - len(failed)}/{seeds} seeds passed"
-            + (f"; failed: {failed}" if failed else "")
-        )
-    return 1 if failed else 0
+    return report_seeds(seed, seeds, run_mesh, "replidb sim --multi-leader", verbose)

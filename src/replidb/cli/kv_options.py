@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from replidb.cli.options import refuse_options_set
+
 __all__ = ["kv_config", "kv_options", "refuse_kv_options"]
 
 # Options of the other topologies, with their defaults: set to anything else with
@@ -100,11 +102,8 @@ def kv_options(func: Any) -> Any:
 
 def refuse_kv_options(options: dict[str, Any]) -> None:
     """The leaderless options, set with another topology: refused by name."""
-    defaults = {p.name: p.default for p in kv_options(lambda: None).__click_params__}
-    for name, default in defaults.items():
-        if options.get(name, default) != default:
-            flag = "--" + str(name).replace("_", "-")
-            raise click.BadParameter(f"{flag} applies to leaderless clusters only", param_hint=flag)
+    defaults = {str(p.name): p.default for p in kv_options(lambda: None).__click_params__}
+    refuse_options_set(options, defaults, "applies to leaderless clusters only")
 
 
 def kv_config(
@@ -113,12 +112,7 @@ def kv_config(
     """A KvNodeConfig; click.BadParameter names what does not fit."""
     from replidb.node.kv_server import KvNodeConfig
 
-    for name, default in _OTHER_TOPOLOGIES.items():
-        if options.get(name, default) != default:
-            flag = "--sync" if name == "sync_policy" else "--" + name.replace("_", "-")
-            raise click.BadParameter(
-                f"{flag} does not apply to a leaderless cluster", param_hint=flag
-            )
+    refuse_options_set(options, _OTHER_TOPOLOGIES, "does not apply to a leaderless cluster")
     nodes = len(peers) + 1
     n = options["replicas"] or min(3, nodes)
     if n > nodes:

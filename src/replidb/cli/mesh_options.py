@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from replidb.cli.options import refuse_options_set
 from replidb.core.mesh import TOPOLOGIES
 
 __all__ = ["mesh_config", "mesh_options"]
@@ -104,12 +105,7 @@ def mesh_config(
     from replidb.node.mesh_server import MeshNodeConfig
     from replidb.storage.mesh_store import check_resolution
 
-    for name, default in _SINGLE_LEADER_ONLY.items():
-        if single_leader.get(name, default) != default:
-            flag = "--sync" if name == "sync_policy" else "--" + name.replace("_", "-")
-            raise click.BadParameter(
-                f"{flag} applies to single-leader clusters only", param_hint=flag
-            )
+    refuse_options_set(single_leader, _SINGLE_LEADER_ONLY, "applies to single-leader clusters only")
     nodes = sorted([node_id, *peers])
     if options["hub"] and options["hub"] not in nodes:
         raise click.BadParameter(f"{options['hub']} is not a node", param_hint="--hub")

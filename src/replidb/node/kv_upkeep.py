@@ -148,21 +148,24 @@ class Upkeep:
             return
         node.counters["anti_entropy_rounds"] += 1
         peer = up[node.counters["anti_entropy_rounds"] % len(up)]
-        tree = MerkleTree(self._shared_digests(peer), _AE_DEPTH)
-        leaves = tree.level(_AE_DEPTH)
+        shared = self._shared_digests(peer)
+        leaves = MerkleTree(shared, _AE_DEPTH).level(_AE_DEPTH)
         request = KvTree(node.next_op(), node.id, _AE_DEPTH, leaves, node.store.schema())
         diff: KvTreeDiff = await node.ask(peer, request)
         node.store.run_ddl(diff.schema, strict=False)
         self._merge(diff.items)
         if diff.buckets:
-            mine = self._items_in(peer, diff.buckets, _AE_DEPTH)
+            # (the keys as of the tree; their clocks as now, merged with the peer's)
+            mine = self._items_in(shared, diff.buckets, _AE_DEPTH)
             node.send(peer, KvPush(request.op, node.id, mine))
 
-    def _items_in(self, peer: str, buckets: list[int], depth: int) -> list[KvItem]:
-        """The rows in these buckets, up to a frame's worth: what does not fit is
-        repaired by the next rounds (those buckets still differ)."""
+    def _items_in(
+        self, shared: list[tuple[bytes, bytes]], buckets: list[int], depth: int
+    ) -> list[KvItem]:
+        """The rows of ``shared`` keys in these buckets, up to a frame's worth: what
+        does not fit is repaired by the next rounds (those buckets still differ)."""
         wanted = set(buckets)
-        keys = [k for k, _ in self._shared_digests(peer) if bucket_of(k, depth) in wanted]
+        keys = [k for k, _ in shared if bucket_of(k, depth) in wanted]
         items, size = [], 0
         for key, clock in zip(keys, self.node.store.clock_bytes(keys), strict=True):
             size += len(key) + len(clock) + 16
@@ -176,9 +179,10 @@ class Upkeep:
             raise ProtocolError(f"{peer} sent a Merkle tree of {len(tree.leaves)} leaves")
         store = self.node.store
         store.run_ddl(tree.schema, strict=False)
-        mine = MerkleTree(self._shared_digests(peer), tree.depth).level(tree.depth)
+        shared = self._shared_digests(peer)
+        mine = MerkleTree(shared, tree.depth).level(tree.depth)
         buckets = [i for i, (a, b) in enumerate(zip(mine, tree.leaves, strict=True)) if a != b]
-        items = self._items_in(peer, buckets, tree.depth) if buckets else []
+        items = self._items_in(shared, buckets, tree.depth) if buckets else []
         return KvTreeDiff(tree.op, self.node.id, buckets, items, store.schema())
 
     def _merge(self, items: list[KvItem]) -> None:
